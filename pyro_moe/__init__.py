@@ -1,0 +1,33 @@
+"""pyro-moe: mixture-of-experts and deep-clustering models as Pyro programs, with every gradient
+estimator for the discrete gate side by side.
+
+    >>> import pyro_moe
+    >>> spec = pyro_moe.RunSpec(model="moe", data="bishop", estimator="enum")
+    >>> result = pyro_moe.run_experiment(spec, pyro_moe.TrainConfig(epochs=5, progress=False))
+"""
+
+from pyro_moe import data, estimators, guides, models  # noqa: F401  (fill the registries)
+from pyro_moe.data import load_dataset
+from pyro_moe.errors import PyroMoeError
+from pyro_moe.experiment import RunSpec, build, run_experiment
+from pyro_moe.gate import select
+from pyro_moe.registry import DATASETS, ESTIMATORS, GUIDES, MODELS
+from pyro_moe.train import FitResult, TrainConfig, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DATASETS",
+    "ESTIMATORS",
+    "GUIDES",
+    "MODELS",
+    "FitResult",
+    "PyroMoeError",
+    "RunSpec",
+    "TrainConfig",
+    "build",
+    "fit",
+    "load_dataset",
+    "select",
+    "run_experiment",
+]

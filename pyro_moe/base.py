@@ -1,0 +1,124 @@
+"""What every model and guide in the library shares.
+
+A model is an ``nn.Module`` whose :meth:`PyroModel.model` is a Pyro model function with the
+signature ``model(x, y=None, num_data=None)``: ``x`` is the input (or the observation of an
+unsupervised model), ``y`` the target, ``num_data`` the size of the full data set when ``x`` is a
+minibatch. Its sites use the library's vocabulary (``cluster``, ``latent``, ``obs``, ``label``,
+``weights``) inside one ``pyro.plate("data")`` at dim -1 (see :func:`data_plate`).
+
+A guide is an ``nn.Module`` called with the same arguments. Its networks are its own submodules;
+when it reuses a model network (the MoE gate as q(c|x)) it keeps the model as a plain attribute
+so the parameters are owned, saved and optimised once.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import pyro
+import torch
+from torch import nn
+
+from pyro_moe.errors import ConfigError
+
+
+def data_plate(x: torch.Tensor, num_data: int | None = None) -> pyro.plate:
+    """The ``data`` plate over the rows of ``x`` at dim -1.
+
+    When ``x`` is a minibatch of a data set of ``num_data`` rows, the plate's subsample scale
+    ``num_data / len(x)`` makes the log-likelihood an unbiased estimate of the full-data one.
+    """
+    n = x.shape[0]
+    if num_data is None or num_data == n:
+        return pyro.plate("data", n, dim=-1)
+    if num_data < n:
+        raise ConfigError(f"num_data={num_data} is smaller than the batch of {n} rows")
+    return pyro.plate("data", num_data, subsample=torch.arange(n, device=x.device), dim=-1)
+
+
+def check_num_components(k: int) -> int:
+    """``K`` must be a whole number >= 1."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"the number of components K must be an integer >= 1, got {k!r}")
+    return k
+
+
+class PyroModel(nn.Module):
+    """Base class: the generative story lives in :meth:`model`; options are kept in ``hparams``."""
+
+    #: the name under which the model registers its parameters with ``pyro.module``
+    pyro_name: ClassVar[str] = "model"
+    #: enumeration dims are allocated to the left of this many plate dims
+    max_plate_nesting: ClassVar[int] = 1
+    #: the guide used with sampling estimators when the user names none
+    default_guide: ClassVar[str] = "posterior"
+    #: the guide used with ``enum`` when the user names none (None: ``default_guide``)
+    exact_guide: ClassVar[str | None] = None
+    #: validation metric that early stopping watches
+    monitor: ClassVar[str] = "valid_loss"
+    #: the tasks (data set kinds) the model can be trained on
+    tasks: ClassVar[tuple[str, ...]] = ("regression", "classification", "clustering")
+
+    def __init__(self, **hparams: Any) -> None:
+        super().__init__()
+        self.hparams = hparams
+
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
+        raise NotImplementedError
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
+        """Model-specific metrics on held-out data (no gradient); empty by default."""
+        return {}
+
+    @classmethod
+    def options(cls) -> dict[str, Any]:
+        """Constructor keyword options and their defaults (what ``--option key=value`` may set)."""
+        signature = inspect.signature(cls.__init__)
+        return {
+            name: p.default for name, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY
+        }
+
+    @classmethod
+    def from_data(cls, data: Any, **options: Any) -> PyroModel:
+        """Build the model for a :class:`~pyro_moe.data.Dataset` with keyword ``options``."""
+        known = cls.options()
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"{cls.__name__} has no option {', '.join(unknown)}; known: {', '.join(known)}"
+            )
+        if data.task not in cls.tasks:
+            raise ConfigError(
+                f"{cls.__name__} cannot be trained on a {data.task} data set ({data.name}); "
+                f"it handles: {', '.join(cls.tasks)}"
+            )
+        return cls(data.input_dim, data.output_dim, data.task, **options)
+
+
+class PyroGuide(nn.Module):
+    """Base class for guides: ``guide(x, y=None, num_data=None)`` with the model's site names."""
+
+    pyro_name: ClassVar[str] = "guide"
+    #: whether the guide samples the ``cluster`` site (False: the model's gate is summed out)
+    samples_cluster: ClassVar[bool] = True
+    #: model classes this guide fits (empty: any)
+    model_types: ClassVar[tuple[type, ...]] = ()
+
+    def __init__(self, model: PyroModel) -> None:
+        super().__init__()
+        if self.model_types and not isinstance(model, self.model_types):
+            names = ", ".join(t.__name__ for t in self.model_types)
+            raise ConfigError(
+                f"guide {type(self).__name__} fits models of type {names}, "
+                f"not {type(model).__name__}"
+            )
+        object.__setattr__(self, "_model", model)  # shared, not a submodule
+
+    @property
+    def target(self) -> PyroModel:
+        """The model this guide approximates the posterior of."""
+        return self._model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
+        raise NotImplementedError

@@ -1,0 +1,70 @@
+"""Small network pieces shared by models and guides.
+
+``BatchedLinear`` / ``BatchedMLP`` hold K independent networks in one set of tensors, so all experts
+run in one ``einsum``: ``[N, D] -> [N, K, out]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from pyro_moe.errors import ConfigError
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.Softplus}
+
+
+def activation(name: str) -> nn.Module:
+    """The activation module called ``name`` (tanh, relu, elu, softplus)."""
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def mlp(sizes: Sequence[int], act: str = "tanh") -> nn.Sequential:
+    """``Linear(sizes[0], sizes[1]) - act - ... - Linear(sizes[-2], sizes[-1])`` (no final act)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(activation(act))
+    return nn.Sequential(*layers)
+
+
+class BatchedLinear(nn.Module):
+    """K affine maps: ``y[n, k] = x[n] @ W[k] + b[k]`` (or ``x[n, k] @ W[k] + b[k]``)."""
+
+    def __init__(self, in_features: int, out_features: int, num_components: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = nn.Parameter(
+            torch.empty(num_components, in_features, out_features).uniform_(-bound, bound)
+        )
+        self.bias = nn.Parameter(torch.empty(num_components, out_features).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # [N, D] shared input
+            return torch.einsum("nd,kdo->nko", x, self.weight) + self.bias
+        return torch.einsum("nkd,kdo->nko", x, self.weight) + self.bias  # [N, K, D] per expert
+
+
+class BatchedMLP(nn.Module):
+    """K independent MLPs with the same layer sizes: ``[N, D] -> [N, K, out]``."""
+
+    def __init__(self, sizes: Sequence[int], num_components: int, act: str = "tanh") -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            BatchedLinear(n_in, n_out, num_components)
+            for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)
+        )
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = self.act(x)
+        return x
