@@ -1,0 +1,38 @@
+"""Data sets: seeded synthetic sets, loaders for data files, and a user's own ``.npz`` file."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from pyro_moe.data import synthetic  # noqa: F401  (registers the synthetic sets)
+from pyro_moe.data.base import TASKS, Dataset, Split, as_inputs, as_targets, load_npz, split_arrays
+from pyro_moe.errors import ConfigError
+from pyro_moe.registry import DATASETS
+
+__all__ = [
+    "DATASETS",
+    "TASKS",
+    "Dataset",
+    "Split",
+    "as_inputs",
+    "as_targets",
+    "load_dataset",
+    "load_npz",
+    "split_arrays",
+]
+
+
+def load_dataset(name: str, seed: int = 0, **options: Any) -> Dataset:
+    """The registered data set ``name`` (built with ``seed``, ``options``) or a ``.npz`` path."""
+    if name not in DATASETS and (name.endswith(".npz") or Path(name).exists()):
+        if options:
+            raise ConfigError(f"data options {sorted(options)} do not apply to a file")
+        return load_npz(name, seed=seed)
+    builder = DATASETS[name]
+    known = [p for p in inspect.signature(builder).parameters if p != "seed"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"data set {name!r} has no option {', '.join(unknown)}; known: {known}")
+    return builder(seed=seed, **options)

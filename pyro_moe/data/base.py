@@ -1,0 +1,232 @@
+"""Data sets as three splits of tensors, checked at the boundary.
+
+A :class:`Dataset` holds ``train`` / ``valid`` / ``test`` :class:`Split` s. Each split has inputs
+``x`` ``[N, D]`` (float), targets ``y`` (regression ``[N, M]`` float, classification ``[N]`` long,
+clustering ``None``) and, where the generating component is known, ``labels`` ``[N]`` (long, for
+evaluation only; never shown to a model).
+
+Everything that enters the library from outside passes :func:`as_inputs` / :func:`as_targets`,
+which raise :class:`~pyro_moe.errors.DataError` naming the problem (shape, dtype, NaN / inf, empty,
+length mismatch, label range) instead of failing deep inside a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pyro_moe.errors import DataError
+
+TASKS = ("regression", "classification", "clustering")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: inputs ``x`` [N, D], targets ``y`` and ground-truth component ``labels``."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+        """A copy on ``device`` with floating tensors cast to ``dtype``."""
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+
+        return Split(move(self.x), move(self.y), move(self.labels))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named data set with its task and three splits."""
+
+    name: str
+    task: str
+    train: Split
+    valid: Split
+    test: Split
+    num_classes: int | None = None
+    description: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_dim(self) -> int:
+        return self.train.x.shape[1]
+
+    @property
+    def output_dim(self) -> int:
+        """Regression: the width M of y; classification: the number of classes; clustering: 0."""
+        if self.task == "regression":
+            return self.train.y.shape[1]
+        if self.task == "classification":
+            return int(self.num_classes)
+        return 0
+
+    def to(self, device=None, dtype=None) -> Dataset:
+        return replace(
+            self,
+            train=self.train.to(device, dtype),
+            valid=self.valid.to(device, dtype),
+            test=self.test.to(device, dtype),
+        )
+
+    def summary(self) -> str:
+        sizes = f"{len(self.train)}/{len(self.valid)}/{len(self.test)}"
+        return f"{self.name}: {self.task}, D={self.input_dim}, train/valid/test={sizes}"
+
+
+def _as_tensor(a: Any, name: str) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a.detach()
+    try:
+        arr = np.asarray(a)
+    except Exception as e:  # ragged lists and the like
+        raise DataError(f"{name} cannot be read as an array: {e}") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise DataError(f"{name} must be numeric, got dtype {arr.dtype}")
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    return t.to(torch.get_default_dtype()) if t.is_floating_point() else t
+
+
+def _check_finite(t: torch.Tensor, name: str) -> None:
+    if t.is_floating_point():
+        bad = ~torch.isfinite(t)
+        if bad.any():
+            rows = bad.reshape(t.shape[0], -1).any(1).nonzero().flatten()
+            raise DataError(
+                f"{name} has {int(bad.sum())} NaN/inf value(s), first in row {int(rows[0])}"
+            )
+
+
+def as_inputs(x: Any, name: str = "x") -> torch.Tensor:
+    """Check and convert inputs to a float tensor ``[N, D]`` with N, D >= 1 and finite values."""
+    t = _as_tensor(x, name)
+    if t.dim() != 2:
+        raise DataError(f"{name} must be 2-D [N, D], got shape {tuple(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise DataError(f"{name} is empty (shape {tuple(t.shape)})")
+    t = t.to(torch.get_default_dtype()) if not t.is_floating_point() else t
+    _check_finite(t, name)
+    return t
+
+
+def as_targets(
+    y: Any, task: str, num_rows: int, num_classes: int | None = None, name: str = "y"
+) -> torch.Tensor | None:
+    """Check and convert targets for ``task`` (see the module docstring for the shapes)."""
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    if task == "clustering" or y is None:
+        if task != "clustering":
+            raise DataError(f"a {task} data set needs targets {name}")
+        return None
+    t = _as_tensor(y, name)
+    if t.shape[:1] != (num_rows,):
+        raise DataError(f"x has {num_rows} rows but {name} has shape {tuple(t.shape)}")
+    if task == "regression":
+        return _regression_targets(t, name)
+    return _class_targets(t, num_classes, name)
+
+
+def _regression_targets(t: torch.Tensor, name: str) -> torch.Tensor:
+    if t.dim() == 1:
+        t = t[:, None]
+    if t.dim() != 2:
+        raise DataError(f"regression {name} must be [N] or [N, M], got shape {tuple(t.shape)}")
+    t = t.to(torch.get_default_dtype()) if not t.is_floating_point() else t
+    _check_finite(t, name)
+    return t
+
+
+def _class_targets(t: torch.Tensor, num_classes: int | None, name: str) -> torch.Tensor:
+    if t.dim() != 1:
+        raise DataError(f"class labels {name} must be 1-D [N], got shape {tuple(t.shape)}")
+    if t.is_floating_point():
+        _check_finite(t, name)
+        if not torch.equal(t, t.round()):
+            raise DataError(f"class labels {name} must be whole numbers")
+    t = t.long()
+    if num_classes is None:
+        raise DataError("a classification data set needs num_classes")
+    low, high = int(t.min()), int(t.max())
+    if low < 0 or high >= num_classes:
+        raise DataError(f"class labels {name} must lie in [0, {num_classes}), got [{low}, {high}]")
+    return t
+
+
+def split_arrays(
+    name: str,
+    task: str,
+    x: Any,
+    y: Any = None,
+    labels: Any = None,
+    *,
+    seed: int = 0,
+    fractions: tuple[float, float] = (0.6, 0.2),
+    num_classes: int | None = None,
+    description: str = "",
+    meta: dict[str, Any] | None = None,
+) -> Dataset:
+    """Check arrays and split them by a seeded permutation into train / valid / test.
+
+    ``fractions`` are the train and validation shares; the test split takes the rest.
+    """
+    x = as_inputs(x)
+    n = x.shape[0]
+    if task == "classification" and num_classes is None and y is not None:
+        num_classes = int(np.asarray(y).max()) + 1
+    y = as_targets(y, task, n, num_classes)
+    labels = None if labels is None else as_targets(labels, "classification", n, n, "labels")
+    n_train, n_valid = int(round(fractions[0] * n)), int(round(fractions[1] * n))
+    if min(n_train, n_valid, n - n_train - n_valid) < 1:
+        raise DataError(f"{n} rows are too few to split into train/valid/test")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    parts = order[:n_train], order[n_train : n_train + n_valid], order[n_train + n_valid :]
+
+    def take(idx: torch.Tensor) -> Split:
+        return Split(x[idx], None if y is None else y[idx], None if labels is None else labels[idx])
+
+    return Dataset(
+        name,
+        task,
+        *map(take, parts),
+        num_classes=num_classes,
+        description=description,
+        meta=meta or {},
+    )
+
+
+def load_npz(path: str | Path, task: str | None = None, seed: int = 0) -> Dataset:
+    """A data set from a user's ``.npz`` file with arrays ``x`` and (optionally) ``y``, ``labels``.
+
+    The task is ``classification`` when ``y`` holds integers, ``regression`` for float ``y`` and
+    ``clustering`` without ``y``, unless ``task`` says otherwise.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:
+        raise DataError(f"cannot read {path} as .npz: {e}") from None
+    if "x" not in arrays:
+        raise DataError(f"{path} has no array 'x' (found: {', '.join(arrays) or 'none'})")
+    y = arrays.get("y")
+    if task is None:
+        task = (
+            "clustering"
+            if y is None
+            else ("classification" if np.issubdtype(y.dtype, np.integer) else "regression")
+        )
+    return split_arrays(path.stem, task, arrays["x"], y, arrays.get("labels"), seed=seed)
