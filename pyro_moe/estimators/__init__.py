@@ -1,0 +1,10 @@
+"""Gradient estimators for the discrete gate, one module per family, registered by name.
+
+``ESTIMATORS[name](**options)`` builds one; see :mod:`pyro_moe.estimators.base` for the interface.
+"""
+
+from pyro_moe.estimators import enum, reinforce  # noqa: F401  (register the estimators)
+from pyro_moe.estimators.base import Estimator, value_with_gradient_of
+from pyro_moe.registry import ESTIMATORS
+
+__all__ = ["ESTIMATORS", "Estimator", "value_with_gradient_of"]

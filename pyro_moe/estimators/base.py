@@ -1,0 +1,70 @@
+"""The interface every gradient estimator implements.
+
+An estimator turns a model and a guide into one scalar ``L = estimator.loss(model, guide, *args)``:
+
+* ``L.item()`` is an estimate of minus the estimator's objective (the negative ELBO, at full-data
+  scale when the ``data`` plate subsamples);
+* ``L.backward()`` leaves the estimator's gradient estimate in the parameters' ``.grad``.
+
+Where the gradient comes from a surrogate whose value is not the objective (score-function
+estimators), ``L = surrogate + stop_gradient(value - surrogate)``: the value is the objective's,
+the gradient the surrogate's. Estimators change how the ``cluster`` site is treated with Pyro
+handlers and ``infer`` settings; the model body never branches on the estimator.
+
+Estimators are ``nn.Module`` s so that their state (learned baselines, temperatures, running
+averages) moves with ``.to(device)`` and is saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from pyro_moe.errors import ConfigError
+
+
+def value_with_gradient_of(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """A tensor equal to ``value`` whose gradient is that of ``surrogate``."""
+    return surrogate + (value - surrogate).detach()
+
+
+class Estimator(nn.Module):
+    """Base class: subclasses implement :meth:`loss` and state their properties below."""
+
+    #: registry name
+    name: ClassVar[str] = ""
+    #: whether the guide must sample ``cluster`` (False: the estimator can sum it out in the model)
+    needs_guide_site: ClassVar[bool] = True
+    #: whether E[gradient] equals the exact gradient of the discrete objective
+    unbiased: ClassVar[bool] = True
+
+    def __init__(self, *, num_particles: int = 1, max_plate_nesting: int = 1) -> None:
+        super().__init__()
+        if (
+            isinstance(num_particles, bool)
+            or not isinstance(num_particles, int)
+            or num_particles < 1
+        ):
+            raise ConfigError(f"num_particles must be an integer >= 1, got {num_particles!r}")
+        self.num_particles = num_particles
+        self.max_plate_nesting = max_plate_nesting
+
+    def loss(self, model, guide, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check(self, guide: nn.Module) -> None:
+        """Raise :class:`ConfigError` if this estimator cannot work with ``guide``."""
+        if self.needs_guide_site and not getattr(guide, "samples_cluster", True):
+            raise ConfigError(
+                f"estimator {self.name!r} needs a guide that samples `cluster`; guide "
+                f"{type(guide).__name__} leaves it to the model, which only 'enum' can sum out "
+                "(pick another guide, e.g. 'posterior' or 'gate')"
+            )
+
+    def advance(self, step: int) -> None:
+        """Called after every optimisation step (temperature schedules, running statistics)."""
+
+    def extra_repr(self) -> str:
+        return f"num_particles={self.num_particles}"
