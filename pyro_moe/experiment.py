@@ -1,0 +1,141 @@
+"""Build a run from names: the layer the CLI, the benchmarks and the notebooks share.
+
+    spec = RunSpec(model="moe", data="bishop", estimator="enum", model_options={"gate": "mlp"})
+    data, model, guide, estimator = build(spec)
+    result = run_experiment(spec, TrainConfig(epochs=50), run_dir="runs/bishop-enum")
+
+:func:`run_experiment` fits, then evaluates on the test split (``summary.json``) and draws
+the model's figures into the run folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import pyro_moe.estimators  # noqa: F401  (fills ESTIMATORS)
+import pyro_moe.guides  # noqa: F401  (fills GUIDES)
+import pyro_moe.models  # noqa: F401  (fills MODELS)
+from pyro_moe.base import PyroGuide, PyroModel
+from pyro_moe.checkpoint import load_checkpoint
+from pyro_moe.data import Dataset, load_dataset
+from pyro_moe.errors import CheckpointError, ConfigError
+from pyro_moe.estimators.base import Estimator
+from pyro_moe.registry import ESTIMATORS, GUIDES, MODELS
+from pyro_moe.runs import RunFolder
+from pyro_moe.train import FitResult, TrainConfig, fit
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to train, by registry names and keyword options."""
+
+    model: str
+    data: str
+    estimator: str = "enum"
+    guide: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    data_options: dict[str, Any] = field(default_factory=dict)
+    estimator_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def guide_name(spec: RunSpec) -> str:
+    """The guide to use: the spec's, else the model's exact guide for ``enum``, else its default."""
+    if spec.guide is not None:
+        return spec.guide
+    model_class = MODELS[spec.model]
+    if not ESTIMATORS[spec.estimator].needs_guide_site and model_class.exact_guide:
+        return model_class.exact_guide
+    return model_class.default_guide
+
+
+def build_estimator(name: str, model: PyroModel, **options: Any) -> Estimator:
+    """The estimator ``name`` with the model's ``max_plate_nesting``; bad options raise clearly."""
+    try:
+        return ESTIMATORS[name](max_plate_nesting=model.max_plate_nesting, **options)
+    except TypeError as e:
+        raise ConfigError(f"estimator {name!r}: {e}") from None
+
+
+def build(
+    spec: RunSpec, data: Dataset | None = None
+) -> tuple[Dataset, PyroModel, PyroGuide, Estimator]:
+    """Data set, model, guide and estimator for ``spec`` (parameters initialised from its seed)."""
+    data = (
+        data if data is not None else load_dataset(spec.data, seed=spec.seed, **spec.data_options)
+    )
+    torch.manual_seed(spec.seed)
+    model = MODELS[spec.model].from_data(data, **spec.model_options)
+    guide = GUIDES[guide_name(spec)](model)
+    estimator = build_estimator(spec.estimator, model, **spec.estimator_options)
+    estimator.check(guide)
+    return data, model, guide, estimator
+
+
+def resume_spec(run_dir: str | Path, **train_overrides: Any) -> tuple[RunSpec, TrainConfig]:
+    """The spec and training options stored in a run folder, with some options changed
+    (e.g. more ``epochs``); seed, batch size and learning rate stay as stored unless overridden."""
+    stored = RunFolder(run_dir).read_config()
+    config = TrainConfig.from_dict({**stored.get("train", {}), **train_overrides})
+    return RunSpec.from_dict(stored), config
+
+
+def load_run(run_dir: str | Path, which: str = "best") -> tuple[PyroModel, PyroGuide, Dataset]:
+    """Rebuild a run's model, guide and data set with its ``best`` (or ``last``) parameters."""
+    run = RunFolder(run_dir)
+    spec = RunSpec.from_dict(run.read_config())
+    data, model, guide, _ = build(spec)
+    path = run.best if which == "best" and run.best.is_file() else run.checkpoint
+    state = load_checkpoint(path, required=("model", "guide"))
+    try:
+        model.load_state_dict(state["model"])
+        guide.load_state_dict(state["guide"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not match the run's config.json: {e}") from None
+    return model, guide, data
+
+
+def evaluate(model: PyroModel, data: Dataset, split: str = "test") -> dict[str, float]:
+    """The model's own metrics on one split of ``data``."""
+    part = getattr(data, split)
+    return {f"{split}_{k}": v for k, v in model.evaluate(part.x, part.y).items()}
+
+
+def run_experiment(
+    spec: RunSpec,
+    config: TrainConfig | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    figures: bool = True,
+) -> FitResult:
+    """Build ``spec``, :func:`~pyro_moe.train.fit` it, write test metrics and figures."""
+    config = config or TrainConfig(seed=spec.seed)
+    data, model, guide, estimator = build(spec)
+    info = {**asdict(spec), "guide": guide_name(spec)}
+    result = fit(model, guide, estimator, data, config, run_dir, resume, info)
+    summary = {
+        "stop_reason": result.state.stop_reason,
+        "steps": result.state.step,
+        "epochs": result.state.epoch,
+        "wall_seconds": result.state.wall_seconds,
+        **evaluate(model, data, "valid"),
+        **evaluate(model, data, "test"),
+    }
+    result.summary = summary
+    if run_dir is not None:
+        run = RunFolder(run_dir)
+        run.write_json(run.summary, summary)
+        if figures:
+            from pyro_moe import plots
+
+            plots.save_run_figures(run, model, data, result.history)
+    return result

@@ -1,0 +1,503 @@
+"""One stochastic-variational-inference loop for every model, guide and estimator.
+
+Each step draws a minibatch of B rows (a seeded permutation per epoch), evaluates the estimator's
+surrogate ``L = estimator.loss(model.model, guide, x, y, num_data=N)`` (the ``data`` plate scales
+the minibatch by N / B, so L estimates the full-data negative objective), and takes an Adam step on
+``L / N`` with the gradient norm clipped. After every epoch it computes validation metrics (the
+discrete objective with the gate summed out exactly, plus the model's own metrics), writes a row
+of ``metrics.csv`` and an atomic checkpoint, and stops early when the monitored metric has not
+improved for ``patience`` epochs.
+
+A checkpoint holds everything an exact resume needs: model, guide and estimator state, Adam's
+state, the non-module entries of Pyro's param store, the loop's counters and early-stopping
+state, and every RNG state. Resuming replays the rest of the run bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pyro_moe.base import PyroGuide, PyroModel
+from pyro_moe.checkpoint import load_checkpoint, save_checkpoint
+from pyro_moe.data.base import Dataset, Split
+from pyro_moe.errors import CheckpointError, ConfigError, DataError, TrainingError
+from pyro_moe.estimators.base import Estimator
+from pyro_moe.estimators.enum import Enumerate
+from pyro_moe.runs import RunFolder, versions
+
+#: metrics for which a larger value is better (by name suffix); everything else is minimised
+HIGHER_IS_BETTER = ("accuracy", "nmi", "ari", "elbo", "log_likelihood")
+DEFAULT_BATCH_SIZE = 128
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of :func:`fit` (all checked on construction)."""
+
+    epochs: int = 100
+    batch_size: int | None = None  # None: 128, or every training row if there are fewer
+    lr: float = 1e-2
+    guide_lr: float | None = None
+    clip_norm: float | None = 10.0
+    patience: int | None = 20
+    min_delta: float = 1e-4
+    seed: int = 0
+    max_steps: int | None = None
+    monitor: str | None = None
+    restore_best: bool = True
+    eval_batch_size: int = 4096
+    progress: bool | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        positive_ints = {"epochs": self.epochs, "eval_batch_size": self.eval_batch_size}
+        optional_ints = {
+            "patience": self.patience,
+            "max_steps": self.max_steps,
+            "batch_size": self.batch_size,
+        }
+        for name, value in {**positive_ints, **optional_ints}.items():
+            if value is None and name in optional_ints:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("lr", "guide_lr"):
+            value = getattr(self, name)
+            if name == "guide_lr" and value is None:
+                continue
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ConfigError(f"clip_norm must be > 0 or None, got {self.clip_norm!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {self.device!r} asked for, but no CUDA device is available")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrainState:
+    """The loop's counters and early-stopping state (saved in every checkpoint)."""
+
+    step: int = 0
+    epoch: int = 0  # completed epochs
+    batch: int = 0  # batches done in the current epoch
+    loss_sum: float = 0.0  # sum of per-point training losses in the current epoch
+    wall_seconds: float = 0.0
+    best: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stop_reason: str = ""
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the trained objects, the metrics history and the run folder."""
+
+    model: PyroModel
+    guide: PyroGuide
+    estimator: Estimator
+    config: TrainConfig
+    state: TrainState
+    history: list[dict[str, Any]] = field(default_factory=list)
+    run_dir: Path | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.state.stop_reason == "early-stopping"
+
+    def history_frame(self):
+        """The history as a pandas DataFrame (one row per epoch)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.history)
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric.endswith(HIGHER_IS_BETTER)
+
+
+def epoch_order(num_rows: int, seed: int, epoch: int) -> torch.Tensor:
+    """The minibatch order of one epoch: a permutation fixed by (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_rows, generator=generator)
+
+
+def unique_parameters(*modules: nn.Module) -> list[nn.Parameter]:
+    """Parameters of ``modules`` in a fixed order, each once (guides may share model networks)."""
+    seen: set[int] = set()
+    params = []
+    for module in modules:
+        for p in module.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+    return params
+
+
+def make_optimizer(
+    model: nn.Module, guide: nn.Module, estimator: nn.Module, config: TrainConfig
+) -> torch.optim.Adam:
+    """Adam over every parameter once; the guide's own networks get ``guide_lr`` if it is set
+    (amortized posteriors often need to learn faster than the model to keep up with it)."""
+    params = unique_parameters(model, guide, estimator)
+    if config.guide_lr is None:
+        return torch.optim.Adam(params, lr=config.lr)
+    guide_ids = {id(p) for p in guide.parameters()} - {id(p) for p in model.parameters()}
+    groups = [
+        {"params": [p for p in params if id(p) not in guide_ids]},
+        {"params": [p for p in params if id(p) in guide_ids], "lr": config.guide_lr},
+    ]
+    return torch.optim.Adam([g for g in groups if g["params"]], lr=config.lr)
+
+
+def _param_names(**modules: nn.Module) -> dict[int, str]:
+    return {
+        id(p): f"{prefix}.{name}"
+        for prefix, m in modules.items()
+        for name, p in m.named_parameters()
+    }
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _param_store_extras() -> dict[str, Any]:
+    """Pyro param store entries that are not module parameters (e.g. baseline averages)."""
+    state = pyro.get_param_store().get_state()
+    keep = [k for k in state["params"] if "$$$" not in k]
+    return {
+        "params": {k: state["params"][k] for k in keep},
+        "constraints": {k: state["constraints"][k] for k in keep},
+    }
+
+
+def check_compatible(
+    model: PyroModel, guide: PyroGuide, estimator: Estimator, data: Dataset, config: TrainConfig
+) -> None:
+    """Raise a clear error before any work when the pieces cannot train together."""
+    if data.task not in model.tasks:
+        raise ConfigError(f"{type(model).__name__} cannot train on a {data.task} data set")
+    if getattr(guide, "target", model) is not model:
+        raise ConfigError("the guide was built for a different model instance")
+    estimator.check(guide)
+    if config.batch_size is not None and config.batch_size > len(data.train):
+        raise DataError(
+            f"batch_size {config.batch_size} is larger than the {len(data.train)} training rows"
+        )
+    if data.input_dim != getattr(model, "input_dim", data.input_dim):
+        raise DataError(
+            f"data has {data.input_dim} input dims, the model expects {model.input_dim}"
+        )
+
+
+class Trainer:
+    """The loop behind :func:`fit`; one instance trains one (model, guide, estimator) triple."""
+
+    def __init__(
+        self,
+        model: PyroModel,
+        guide: PyroGuide,
+        estimator: Estimator,
+        data: Dataset,
+        config: TrainConfig,
+        run: RunFolder | None,
+    ) -> None:
+        self.model, self.guide, self.estimator, self.config, self.run = (
+            model,
+            guide,
+            estimator,
+            config,
+            run,
+        )
+        self.device = torch.device(config.device)
+        for module in (model, guide, estimator):
+            module.to(self.device)
+        dtype = next(model.parameters()).dtype
+        self.data = data.to(self.device, dtype)
+        self.optimizer = make_optimizer(model, guide, estimator, config)
+        self.names = _param_names(model=model, guide=guide, estimator=estimator)
+        self.validator = Enumerate(max_plate_nesting=model.max_plate_nesting)
+        self.monitor = config.monitor or model.monitor
+        self.batch_size = config.batch_size or min(DEFAULT_BATCH_SIZE, len(data.train))
+        self.state = TrainState()
+        self.history: list[dict[str, Any]] = []
+        self.best_params: dict[str, Any] | None = None
+
+    # --- one step -----------------------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.data.train) // self.batch_size
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        order = epoch_order(len(self.data.train), self.config.seed, self.state.epoch)
+        b = self.batch_size
+        idx = order[self.state.batch * b : (self.state.batch + 1) * b].to(self.device)
+        train = self.data.train
+        return train.x[idx], None if train.y is None else train.y[idx]
+
+    def step(self) -> float:
+        """One optimisation step; returns the minibatch's loss per data point."""
+        x, y = self.batch()
+        n = len(self.data.train)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.estimator.loss(self.model.model, self.guide, x, y, num_data=n) / n
+        if not torch.isfinite(loss):
+            raise TrainingError(self._failure(f"the loss is {loss.item()}"))
+        loss.backward()
+        self._check_gradients()
+        if self.config.clip_norm is not None:
+            nn.utils.clip_grad_norm_(self.parameters(), self.config.clip_norm)
+        self.optimizer.step()
+        self.estimator.advance(self.state.step)
+        self.state.step += 1
+        self.state.batch += 1
+        self.state.loss_sum += loss.item()
+        return loss.item()
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _check_gradients(self) -> None:
+        for p in self.parameters():
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                name = self.names.get(id(p), "a parameter")
+                raise TrainingError(self._failure(f"the gradient of {name} is not finite"))
+
+    def _failure(self, what: str) -> str:
+        kept = (
+            f"the last good checkpoint {self.run.checkpoint} is kept"
+            if self.run and self.run.has_checkpoint()
+            else "no checkpoint was written"
+        )
+        where = f"step {self.state.step + 1} (epoch {self.state.epoch + 1})"
+        return f"training stopped at {where}: {what}; {kept}"
+
+    # --- validation and early stopping --------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        """Validation metrics, computed with a fixed seed so they do not disturb training's RNG."""
+        split = self.data.valid
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            metrics = {"valid_loss": self._objective(split) / len(split)}
+            metrics.update(
+                {f"valid_{k}": v for k, v in self.model.evaluate(split.x, split.y).items()}
+            )
+        if self.monitor not in metrics:
+            raise ConfigError(
+                f"monitor {self.monitor!r} is not among the validation metrics {', '.join(metrics)}"
+            )
+        return metrics
+
+    def _objective(self, split: Split) -> float:
+        total = 0.0
+        size = self.config.eval_batch_size
+        for start in range(0, len(split), size):
+            x = split.x[start : start + size]
+            y = None if split.y is None else split.y[start : start + size]
+            total += self.validator.value(self.model.model, self.guide, x, y)
+        return total
+
+    def update_early_stopping(self, metrics: dict[str, float]) -> None:
+        value = metrics[self.monitor]
+        score = -value if higher_is_better(self.monitor) else value
+        if score < self.state.best - self.config.min_delta:
+            self.state.best, self.state.best_epoch, self.state.bad_epochs = (
+                score,
+                self.state.epoch,
+                0,
+            )
+            self.best_params = {
+                "model": copy.deepcopy(self.model.state_dict()),
+                "guide": copy.deepcopy(self.guide.state_dict()),
+            }
+            if self.run:
+                save_checkpoint(self.run.best, {**self.best_params, "epoch": self.state.epoch})
+        else:
+            self.state.bad_epochs += 1
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "model": self.model.state_dict(),
+            "guide": self.guide.state_dict(),
+            "estimator": self.estimator.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "param_store": _param_store_extras(),
+            "train_state": asdict(self.state),
+            "rng": _rng_state(),
+        }
+
+    def save(self) -> None:
+        if self.run:
+            save_checkpoint(self.run.checkpoint, self.checkpoint_state())
+
+    def restore(self) -> None:
+        """Load the run folder's checkpoint (and best parameters) into this trainer."""
+        if self.run is None:
+            raise ConfigError("resume needs a run folder")
+        state = load_checkpoint(
+            self.run.checkpoint,
+            required=(
+                "model",
+                "guide",
+                "estimator",
+                "optimizer",
+                "param_store",
+                "train_state",
+                "rng",
+            ),
+        )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.guide.load_state_dict(state["guide"])
+            self.estimator.load_state_dict(state["estimator"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"checkpoint {self.run.checkpoint} was written for a different "
+                f"model, guide or estimator: {e}"
+            ) from None
+        pyro.get_param_store().set_state(state["param_store"])
+        self.state = TrainState(**{**state["train_state"], "stop_reason": ""})
+        _set_rng_state(state["rng"])
+        if self.run.best.is_file():
+            best = load_checkpoint(self.run.best, required=("model", "guide"))
+            self.best_params = {"model": best["model"], "guide": best["guide"]}
+        self.history = [r for r in self.run.read_metrics() if r.get("step", 0) <= self.state.step]
+        self.run.write_metrics(self.history)
+
+    # --- the loop -----------------------------------------------------------------------------
+    def total_steps(self) -> int:
+        total = self.config.epochs * self.steps_per_epoch
+        return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    def run_loop(self) -> None:
+        start = time.perf_counter() - self.state.wall_seconds
+        bar = tqdm(
+            total=self.total_steps(),
+            initial=self.state.step,
+            disable=self._quiet(),
+            desc=f"{type(self.model).__name__}/{self.estimator.name}",
+            dynamic_ncols=True,
+        )
+        with bar:
+            while not self._finished():
+                bar.set_postfix(loss=f"{self.step():.4g}", refresh=False)
+                bar.update()
+                self.state.wall_seconds = time.perf_counter() - start
+                if self.state.batch == self.steps_per_epoch:
+                    self.end_epoch()
+                    bar.set_postfix({self.monitor: f"{self.history[-1][self.monitor]:.4g}"})
+        self.save()
+
+    def _quiet(self) -> bool | None:
+        return None if self.config.progress is None else not self.config.progress
+
+    def _finished(self) -> bool:
+        if self.state.stop_reason:
+            return True
+        patience = self.config.patience
+        if patience is not None and self.state.bad_epochs >= patience:
+            self.state.stop_reason = "early-stopping"
+        elif self.config.max_steps is not None and self.state.step >= self.config.max_steps:
+            self.state.stop_reason = "max-steps"
+        elif self.state.epoch >= self.config.epochs:
+            self.state.stop_reason = "epochs"
+        return bool(self.state.stop_reason)
+
+    def end_epoch(self) -> None:
+        train_loss = self.state.loss_sum / max(self.state.batch, 1)
+        self.state.epoch += 1
+        self.state.batch, self.state.loss_sum = 0, 0.0
+        metrics = self.validate()
+        self.update_early_stopping(metrics)
+        row = {
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "wall_seconds": round(self.state.wall_seconds, 3),
+            "train_loss": train_loss,
+            **metrics,
+        }
+        self.history.append(row)
+        if self.run:
+            self.run.write_metrics(self.history)
+        self.save()
+
+    def restore_best(self) -> None:
+        if self.best_params is not None:
+            self.model.load_state_dict(self.best_params["model"])
+            self.guide.load_state_dict(self.best_params["guide"])
+
+
+def fit(
+    model: PyroModel,
+    guide: PyroGuide,
+    estimator: Estimator,
+    data: Dataset,
+    config: TrainConfig | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    run_info: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train ``model`` with ``guide`` and ``estimator`` on ``data.train``; see the module docstring.
+
+    Args:
+        model, guide, estimator: from the registries (or your own subclasses).
+        data: a :class:`~pyro_moe.data.Dataset`; validation uses ``data.valid``.
+        config: :class:`TrainConfig` (defaults if None).
+        run_dir: a folder for config.json, metrics.csv and checkpoints (None: nothing written).
+        resume: continue from ``run_dir``'s checkpoint instead of starting fresh.
+        run_info: what to record in config.json besides the training options (names, options).
+
+    Returns:
+        :class:`FitResult`; with ``config.restore_best`` the model and guide hold the parameters
+        of the best validation epoch.
+    """
+    config = config or TrainConfig()
+    check_compatible(model, guide, estimator, data, config)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    run = RunFolder(run_dir) if run_dir is not None else None
+    trainer = Trainer(model, guide, estimator, data, config, run)
+    if resume:
+        trainer.restore()
+    elif run:
+        run.check_fresh()
+        run.write_json(
+            run.config, {**(run_info or {}), "train": asdict(config), "versions": versions()}
+        )
+    trainer.run_loop()
+    if config.restore_best:
+        trainer.restore_best()
+    return FitResult(
+        model, guide, estimator, config, trainer.state, trainer.history, run.path if run else None
+    )
