@@ -1,0 +1,209 @@
+"""The ``pyro-moe`` command line.
+
+    pyro-moe list
+    pyro-moe train MODEL --data NAME --estimator NAME --out DIR [--epochs ... --resume]
+    pyro-moe evaluate RUN_DIR
+
+Errors a user can cause print one line, ``pyro-moe: error: ...``, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pyro_moe.errors import ConfigError, PyroMoeError
+
+TRAIN_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "guide_lr",
+    "clip_norm",
+    "patience",
+    "seed",
+    "max_steps",
+    "device",
+)
+
+
+def parse_value(text: str) -> Any:
+    """``"3"`` -> 3, ``"0.1"`` -> 0.1, ``"true"`` -> True, ``"none"`` -> None, else the string."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(pairs: Sequence[str] | None, what: str) -> dict[str, Any]:
+    """``["k=v", ...]`` -> ``{"k": parsed v}``."""
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what} option {pair!r} is not KEY=VALUE")
+        options[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return options
+
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model; writes a run folder",
+        description="Train MODEL on a data set with a gradient estimator.",
+    )
+    p.add_argument("model", nargs="?", help="model name (see `pyro-moe list`); omit with --resume")
+    p.add_argument("--data", help="data set name, or a .npz file with arrays x, y")
+    p.add_argument("--estimator", default="enum", help="gradient estimator (default: enum)")
+    p.add_argument("--guide", help="guide name (default: the model's, exact for enum)")
+    p.add_argument("--out", required=True, type=Path, help="run folder")
+    p.add_argument(
+        "-K",
+        "--experts",
+        "--components",
+        dest="num_components",
+        type=int,
+        help="number of experts / mixture components K",
+    )
+    p.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="model option, e.g. -o gate=mlp -o hidden_dim=64",
+    )
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--estimator-option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--guide-lr", type=float, help="learning rate of the guide's networks")
+    p.add_argument("--clip-norm", type=float)
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run in --out (its files are deleted)",
+    )
+    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyro-moe", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list models, guides, estimators and data sets")
+    _add_train_parser(sub)
+    e = sub.add_parser("evaluate", help="test metrics of a finished run (its best parameters)")
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    return parser
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from pyro_moe import experiment  # noqa: F401  (fills the registries)
+    from pyro_moe.registry import DATASETS, ESTIMATORS, GUIDES, MODELS, first_doc_line
+
+    for title, registry in (
+        ("models", MODELS),
+        ("guides", GUIDES),
+        ("estimators", ESTIMATORS),
+        ("data sets", DATASETS),
+    ):
+        print(f"{title}:")
+        for name, obj in registry.items():
+            print(f"  {name:16s} {first_doc_line(obj)}")
+    return 0
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
+    if args.quiet:
+        overrides["progress"] = False
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pyro_moe.experiment import RunSpec, resume_spec, run_experiment
+    from pyro_moe.runs import RunFolder
+    from pyro_moe.train import TrainConfig
+
+    overrides = _train_overrides(args)
+    if args.resume:
+        spec, config = resume_spec(args.out, **overrides)
+    else:
+        if not args.model or not args.data:
+            raise ConfigError("train needs a MODEL and --data (or --resume with --out)")
+        model_options = parse_options(args.option, "model")
+        if args.num_components is not None:
+            model_options["num_components"] = args.num_components
+        spec = RunSpec(
+            model=args.model,
+            data=args.data,
+            estimator=args.estimator,
+            guide=args.guide,
+            model_options=model_options,
+            data_options=parse_options(args.data_option, "data"),
+            estimator_options=parse_options(args.estimator_option, "estimator"),
+            seed=overrides.get("seed", 0),
+        )
+        config = TrainConfig(**overrides)
+        if args.overwrite:
+            RunFolder(args.out).clear()
+    result = run_experiment(spec, config, args.out, resume=args.resume, figures=not args.no_figures)
+    _print_summary(result)
+    return 0
+
+
+def _print_summary(result: Any) -> None:
+    print(
+        f"stopped after {result.state.epoch} epochs ({result.state.stop_reason}), "
+        f"{result.state.wall_seconds:.1f} s"
+    )
+    for key, value in result.summary.items():
+        if key.startswith("test_"):
+            print(f"  {key:20s} {value:.4f}")
+    files = sorted(p.name for p in Path(result.run_dir).iterdir() if not p.name.startswith("."))
+    print(f"run folder: {result.run_dir}  ({', '.join(files)})")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pyro_moe.experiment import evaluate, load_run
+
+    model, _, data = load_run(args.run_dir)
+    print(json.dumps(evaluate(model, data, args.split), indent=2))
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "train": cmd_train, "evaluate": cmd_evaluate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except PyroMoeError as e:
+        print(f"pyro-moe: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pyro-moe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
