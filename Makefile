@@ -1,0 +1,46 @@
+# pyro-moe: `make demo` and `make test` each create .venv if it is missing and install the
+# project into it (a CPU build of torch first, so the project's `torch>=2.2` adds nothing).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH := torch==2.13.0
+DEMO := runs/demo
+DEMO_TRAIN := train moe --data bishop -K 3 -o gate=mlp --epochs 200 --batch-size 100 \
+	--lr 0.02 --patience 40 --overwrite
+
+.PHONY: venv demo test lint format bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/pyro-moe $(DEMO_TRAIN) --estimator enum --out $(DEMO)/enum
+	$(BIN)/pyro-moe $(DEMO_TRAIN) --estimator reinforce --guide posterior --guide-lr 0.1 \
+		--out $(DEMO)/reinforce
+	@echo
+	@echo "demo runs written to $(DEMO)/enum and $(DEMO)/reinforce:"
+	@echo "  fit.png (predictive density, experts, gate), training.png, metrics.csv, summary.json"
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

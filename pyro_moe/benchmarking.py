@@ -1,0 +1,77 @@
+"""What every benchmark script shares: the results files and the machine description.
+
+A benchmark writes ``benchmarks/results/NAME.json``::
+
+    {"command": ..., "seed": ..., "versions": {...}, "machine": ..., "wall_seconds": ...,
+     "results": {...}}
+
+and ``NAME.md``, the same as a table for people (with the published figures it compares with).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pyro_moe.checkpoint import atomic_write_json, atomic_write_text
+from pyro_moe.runs import versions
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+def machine() -> str:
+    """A one-line description of this machine (CPU count, processor, OS)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpus} CPU cores, {platform.processor() or platform.machine()}, {platform.system()}"
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    argv = sys.argv if argv is None else argv
+    return " ".join(shlex.quote(a) for a in ["python", *argv])
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A GitHub markdown table of ``rows`` (floats to 4 significant digits)."""
+
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_results(
+    name: str,
+    *,
+    seed: int,
+    wall_seconds: float,
+    results: dict[str, Any],
+    markdown: str,
+    out_dir: str | Path = RESULTS,
+    command: str | None = None,
+) -> tuple[Path, Path]:
+    """Write ``NAME.json`` and ``NAME.md`` into ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir)
+    record = {
+        "command": command or command_line(),
+        "seed": seed,
+        "versions": versions(),
+        "machine": machine(),
+        "wall_seconds": round(wall_seconds, 1),
+        "results": results,
+    }
+    json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    atomic_write_json(json_path, record)
+    header = (
+        f"Command: `{record['command']}`  \nSeed: {seed}; machine: {record['machine']}; "
+        f"wall time {record['wall_seconds']} s; torch {record['versions']['torch']}, "
+        f"pyro-ppl {record['versions']['pyro-ppl']}.\n\n"
+    )
+    atomic_write_text(md_path, header + markdown.strip() + "\n")
+    return json_path, md_path

@@ -1,0 +1,78 @@
+"""Every notebook and benchmark script runs with tiny arguments; a new one that is not listed here
+fails the coverage tests, so none is left unexercised."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
+
+#: arguments that make each benchmark script finish in seconds
+BENCHMARK_SMOKE_ARGS = {
+    "bishop_objectives.py": ["--epochs", "1"],
+}
+#: environment that gives each notebook a small budget
+NOTEBOOK_SMOKE_ENV = {
+    "quickstart.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "3"},
+}
+
+
+def test_every_benchmark_is_smoke_tested():
+    assert sorted(BENCHMARK_SMOKE_ARGS) == BENCHMARKS
+
+
+def test_every_notebook_is_executed():
+    assert sorted(NOTEBOOK_SMOKE_ENV) == NOTEBOOKS
+
+
+@pytest.mark.parametrize("script", sorted(BENCHMARK_SMOKE_ARGS))
+def test_benchmark_runs(tmp_path, script):
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / script),
+        *BENCHMARK_SMOKE_ARGS[script],
+        "--out",
+        str(tmp_path),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    name = Path(script).stem
+    assert (tmp_path / f"{name}.json").is_file() and (tmp_path / f"{name}.md").is_file()
+
+
+@pytest.mark.parametrize("notebook", sorted(NOTEBOOK_SMOKE_ENV))
+def test_notebook_executes(notebook, monkeypatch):
+    for key, value in NOTEBOOK_SMOKE_ENV[notebook].items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    nb = nbformat.read(ROOT / "notebooks" / notebook, as_version=4)
+    NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(ROOT / "notebooks")}},
+    ).execute()
+    errors = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.output_type == "error"
+    ]
+    assert not errors
+    images = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if "image/png" in o.get("data", {})
+    ]
+    assert images, "the notebook should show its figures"
