@@ -19,6 +19,7 @@ import copy
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ from pyro_moe.runs import RunFolder, versions
 #: metrics for which a larger value is better (by name suffix); everything else is minimised
 HIGHER_IS_BETTER = ("accuracy", "nmi", "ari", "elbo", "log_likelihood")
 DEFAULT_BATCH_SIZE = 128
+
+
+Callback = Callable[["Trainer"], "dict[str, Any] | None"]
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,7 @@ class Trainer:
         data: Dataset,
         config: TrainConfig,
         run: RunFolder | None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.model, self.guide, self.estimator, self.config, self.run = (
             model,
@@ -250,6 +255,7 @@ class Trainer:
         self.state = TrainState()
         self.history: list[dict[str, Any]] = []
         self.best_params: dict[str, Any] | None = None
+        self.callbacks = tuple(callbacks)
 
     # --- one step -----------------------------------------------------------------------------
     @property
@@ -447,6 +453,8 @@ class Trainer:
             "train_loss": train_loss,
             **metrics,
         }
+        for callback in self.callbacks:
+            row.update(callback(self) or {})
         self.history.append(row)
         if self.run:
             self.run.write_metrics(self.history)
@@ -467,6 +475,7 @@ def fit(
     run_dir: str | Path | None = None,
     resume: bool = False,
     run_info: dict[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> FitResult:
     """Train ``model`` with ``guide`` and ``estimator`` on ``data.train``; see the module docstring.
 
@@ -477,6 +486,10 @@ def fit(
         run_dir: a folder for config.json, metrics.csv and checkpoints (None: nothing written).
         resume: continue from ``run_dir``'s checkpoint instead of starting fresh.
         run_info: what to record in config.json besides the training options (names, options).
+        callbacks: functions ``callback(trainer) -> dict | None`` called after each epoch's
+            validation; the dicts they return are added to that epoch's metrics row (e.g.
+            gradient-variance measurements during training). They must not touch the global RNG
+            if the run is to stay resumable bit for bit (use ``torch.random.fork_rng``).
 
     Returns:
         :class:`FitResult`; with ``config.restore_best`` the model and guide hold the parameters
@@ -487,7 +500,7 @@ def fit(
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     run = RunFolder(run_dir) if run_dir is not None else None
-    trainer = Trainer(model, guide, estimator, data, config, run)
+    trainer = Trainer(model, guide, estimator, data, config, run, callbacks)
     if resume:
         trainer.restore()
     elif run:

@@ -157,3 +157,15 @@ def test_three_experts_beat_one_gaussian_on_bishops_inverse_problem():
     single = test_log_likelihood({"num_components": 1, "expert": "mlp"})
     assert mixture > 0.9 and single < 0.35
     assert mixture > single + 0.5
+
+
+def test_callbacks_add_columns_to_each_epoch():
+    seen = []
+
+    def count_steps(trainer):
+        seen.append(trainer.state.step)
+        return {"extra_metric": float(trainer.state.epoch)}
+
+    result = fit(*fresh(), replace(CONFIG, epochs=3), callbacks=[count_steps])
+    assert seen == [7, 14, 21]
+    assert [row["extra_metric"] for row in result.history] == [1.0, 2.0, 3.0]
