@@ -22,6 +22,10 @@ BENCHMARK_SMOKE_ARGS = {
 #: environment that gives each notebook a small budget
 NOTEBOOK_SMOKE_ENV = {
     "quickstart.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "3"},
+    "gradient_estimators.ipynb": {
+        "PYRO_MOE_NOTEBOOK_EPOCHS": "2",
+        "PYRO_MOE_NOTEBOOK_ESTIMATES": "16",
+    },
 }
 
 
