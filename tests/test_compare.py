@@ -34,12 +34,12 @@ def test_compare_estimators_writes_table_and_figures(tmp_path, capsys):
     for name in ("estimators.csv", "estimators.md", "bias_variance.png", "snr.png"):
         assert (out / name).is_file(), name
     assert (out / "objective_vs_time.png").is_file()
-    rows = list(csv.DictReader(open(out / "estimators.csv")))
+    rows = list(csv.DictReader((out / "estimators.csv").open()))
     assert {r["estimator"] for r in rows} == {"enum", "rloo", "st-gumbel"}
     assert {"gate", "experts", "encoder", "all"} <= {r["group"] for r in rows}
     enum_all = next(r for r in rows if r["estimator"] == "enum" and r["group"] == "all")
     assert float(enum_all["bias"]) < 1e-3  # enum is the exact gradient itself
-    training = list(csv.DictReader(open(out / "training_variance.csv")))
+    training = list(csv.DictReader((out / "training_variance.csv").open()))
     assert {r["epoch"] for r in training} == {"1", "2"}
 
 
