@@ -102,6 +102,10 @@ class TrainConfig:
         check_bool("restore_best", self.restore_best)
         check_bool("progress", self.progress, optional=True)
         check_str("device", self.device)
+        try:
+            torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"unknown device {self.device!r}; use cpu or cuda[:N]") from None
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {self.device!r} asked for, but no CUDA device is available")
 

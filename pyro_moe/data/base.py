@@ -87,6 +87,8 @@ class Dataset:
 
 def _as_tensor(a: Any, name: str) -> torch.Tensor:
     if isinstance(a, torch.Tensor):
+        if a.is_complex():
+            raise DataError(f"{name} must be real, got dtype {a.dtype}")
         return a.detach()
     try:
         arr = np.asarray(a)
@@ -94,6 +96,8 @@ def _as_tensor(a: Any, name: str) -> torch.Tensor:
         raise DataError(f"{name} cannot be read as an array: {e}") from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise DataError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise DataError(f"{name} must be real, got dtype {arr.dtype}")
     t = torch.from_numpy(np.ascontiguousarray(arr))
     return t.to(torch.get_default_dtype()) if t.is_floating_point() else t
 
