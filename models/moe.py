@@ -68,6 +68,12 @@ class MixtureOfExperts(PyroModel):
     exact_guide = "none"
     monitor = "valid_nll"
     tasks = ("regression", "classification")
+    smoke_spec = {
+        "data": "sign-flip",
+        "data_options": {"n": 60},
+        "model_options": {"num_components": 2},
+        "estimator": "enum",
+    }
 
     def __init__(
         self,
