@@ -11,6 +11,16 @@ improved for ``patience`` epochs.
 A checkpoint holds everything an exact resume needs: model, guide and estimator state, Adam's
 state, the non-module entries of Pyro's param store, the loop's counters and early-stopping
 state, and every RNG state. Resuming replays the rest of the run bit for bit.
+
+Faults (see the README's Reliability section):
+
+* ``checkpoint_every``: also checkpoint every that many steps, so a killed process loses little.
+* SIGINT / SIGTERM (:mod:`pyro_moe.signals`): the step in progress finishes, a checkpoint is
+  written, and :class:`~pyro_moe.errors.TrainingInterrupted` is raised.
+* A NaN / inf loss or gradient (:mod:`pyro_moe.nonfinite`): the step is not applied, and
+  :class:`~pyro_moe.errors.NonFiniteError` names the step, the parameters and the sites involved,
+  leaving the last good checkpoint in place; with ``max_nonfinite_skips`` up to that many such
+  steps are skipped (with a :class:`NonFiniteStepWarning`) before it is raised.
 """
 
 from __future__ import annotations

@@ -168,6 +168,15 @@ def _class_targets(t: torch.Tensor, num_classes: int | None, name: str) -> torch
     return t
 
 
+def _infer_num_classes(y: Any, name: str = "y") -> int:
+    """1 + the largest label (the labels themselves are checked by :func:`as_targets`)."""
+    t = _as_tensor(y, name)
+    if t.numel() == 0:
+        raise DataError(f"{name} is empty (shape {tuple(t.shape)})")
+    _check_finite(t.reshape(t.shape[0] if t.dim() else 1, -1), name)
+    return int(t.max()) + 1
+
+
 def split_arrays(
     name: str,
     task: str,
@@ -188,7 +197,7 @@ def split_arrays(
     x = as_inputs(x)
     n = x.shape[0]
     if task == "classification" and num_classes is None and y is not None:
-        num_classes = int(np.asarray(y).max()) + 1
+        num_classes = _infer_num_classes(y)
     y = as_targets(y, task, n, num_classes)
     labels = None if labels is None else as_targets(labels, "classification", n, n, "labels")
     n_train, n_valid = int(round(fractions[0] * n)), int(round(fractions[1] * n))
