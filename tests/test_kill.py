@@ -28,7 +28,9 @@ import torch
 from pyro_moe.checkpoint import load_checkpoint
 from pyro_moe.cli import main
 
-# sign-flip, 120 training rows, batch 8: 15 steps per epoch, 12 epochs: 180 steps (about 1.5 s)
+# sign-flip, 120 training rows, batch 8: 15 steps per epoch, 5 epochs: 75 steps (1 to 2 s).
+# reinforce-avg samples the gate from a posterior network, so the resumed run must also restore the
+# RNG states and the baseline averages kept in Pyro's param store to match.
 TRAIN = [
     "train",
     "moe",
@@ -39,13 +41,17 @@ TRAIN = [
     "-K",
     "3",
     "--epochs",
-    "12",
+    "5",
     "--batch-size",
     "8",
     "--lr",
     "0.02",
     "--patience",
     "4",
+    "--estimator",
+    "reinforce-avg",
+    "--guide",
+    "posterior",
     "--seed",
     "5",
     "--checkpoint-every",
@@ -54,7 +60,7 @@ TRAIN = [
     "--no-figures",
 ]
 KILLS = 3
-STEPS = 12 * 15
+STEPS = 5 * 15
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +132,8 @@ def assert_same_tensors(a, b, where: str = "") -> None:
         assert len(a) == len(b), where
         for i, (u, v) in enumerate(zip(a, b, strict=True)):
             assert_same_tensors(u, v, f"{where}[{i}]")
+    elif hasattr(a, "check"):  # a torch constraint: equal if of the same kind
+        assert repr(a) == repr(b), where
     else:
         assert a == b, where
 
@@ -161,7 +169,9 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_bits(reference, tmp
     reader.running = False
     reader.join()
     assert reader.failures == [] and reader.loads > 0
-    assert killed_at == sorted(killed_at) and 0 < killed_at[0] < STEPS  # measured: [14, 58, 70]
+    assert (
+        killed_at == sorted(killed_at) and 0 < killed_at[0] < STEPS
+    )  # measured: [6, 28, 34] of 75
     assert main(["train", "--resume", "--out", str(out), "--quiet", "--no-figures"]) == 0
     assert_same_run(reference, out)
 
