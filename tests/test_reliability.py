@@ -35,9 +35,12 @@ class Faulty(Estimator):
     name = "faulty"
     needs_guide_site = False
 
-    def __init__(self, fault, at: set[int]):
+    def __init__(self, fault, at: set[int], inner: Estimator | None = None):
         super().__init__()
-        self.inner, self.fault, self.at, self.calls = Enumerate(), fault, at, 0
+        self.inner, self.fault, self.at, self.calls = inner or Enumerate(), fault, at, 0
+
+    def advance(self, step: int) -> None:
+        self.inner.advance(step)
 
     def loss(self, model, guide, *args, **kwargs):
         self.calls += 1
@@ -88,6 +91,32 @@ def test_a_crash_between_checkpoints_loses_at_most_checkpoint_every_steps(tmp_pa
     saved = load_checkpoint(tmp_path / "checkpoint.pt")["train_state"]
     assert saved["step"] == 15 and saved["batch"] == 1  # the last multiple of 3, mid-epoch 3
     assert_same_state(straight, train(config=config, run_dir=tmp_path, resume=True))
+
+
+class Annealed(Enumerate):
+    """``enum`` with a temperature schedule kept in a buffer: loss * (1 + T), T <- 0.9 T."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("temperature", torch.tensor(1.0))
+
+    def loss(self, model, guide, *args, **kwargs):
+        return super().loss(model, guide, *args, **kwargs) * (1 + self.temperature)
+
+    def advance(self, step: int) -> None:
+        self.temperature.mul_(0.9)
+
+
+def test_estimator_state_such_as_a_temperature_schedule_resumes(tmp_path):
+    config = replace(CONFIG, checkpoint_every=3)
+    straight = train(Faulty(_crash, set(), Annealed()), config)
+    with pytest.raises(Crash):
+        train(Faulty(_crash, {17}, Annealed()), config, tmp_path)
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")["estimator"]["inner.temperature"]
+    assert saved.item() == pytest.approx(0.9**15)
+    resumed = train(Faulty(_crash, set(), Annealed()), config, tmp_path, resume=True)
+    assert torch.equal(resumed.estimator.inner.temperature, straight.estimator.inner.temperature)
+    assert_same_state(straight, resumed)
 
 
 def test_sigint_finishes_the_step_writes_a_checkpoint_and_resumes_exactly(tmp_path):
