@@ -235,3 +235,29 @@ def test_the_cli_exits_cleanly_and_writes_only_its_run_folder(xy, args):
             assert len(lines) == 1 and lines[0].startswith("pyro-moe: error: "), lines
         outside = {p for p in _files(root) - before if root / "run" not in (p, *p.parents)}
         assert outside == set()
+
+
+# --- data loaders ------------------------------------------------------------------------------
+def _loader_cases():
+    import inspect
+
+    from pyro_moe.registry import DATASETS
+
+    skip = {"seed", "path", "download"}  # a path or a download would touch the file system
+    for name, builder in DATASETS.items():
+        yield name, {"bogus": 1}
+        for param in inspect.signature(builder).parameters:
+            if param not in skip:
+                for value in (-1, "abc", float("nan")):
+                    yield name, {param: value}
+
+
+@pytest.mark.parametrize("name,options", list(_loader_cases()))
+def test_every_data_set_refuses_bad_options_cleanly(name, options):
+    from pyro_moe.data import load_dataset
+
+    try:
+        data = load_dataset(name, **options)
+    except PyroMoeError:
+        return
+    check_dataset(data)  # accepted (e.g. a negative `split` point): still a valid data set
