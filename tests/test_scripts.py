@@ -18,9 +18,14 @@ BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 #: arguments that make each benchmark script finish in seconds
 BENCHMARK_SMOKE_ARGS = {
     "bishop_objectives.py": ["--epochs", "1"],
+    "clustering_mnist.py": [
+        *("--data", "digits", "--limit", "200", "--hidden", "16", "--latent-dim", "4"),
+        *("--pretrain-epochs", "1", "--epochs", "1", "--batch-size", "40"),
+    ],
 }
 #: environment that gives each notebook a small budget
 NOTEBOOK_SMOKE_ENV = {
+    "deep_clustering.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "2"},
     "quickstart.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "3"},
 }
 
