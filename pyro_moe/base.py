@@ -59,6 +59,9 @@ class PyroModel(nn.Module):
     monitor: ClassVar[str] = "valid_loss"
     #: the tasks (data set kinds) the model can be trained on
     tasks: ClassVar[tuple[str, ...]] = ("regression", "classification", "clustering")
+    #: a tiny run of this model that trains in about a second, for the registry-wide tests:
+    #: ``{"data": name, "data_options": {...}, "model_options": {...}, "estimator": name}``
+    smoke_spec: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__()

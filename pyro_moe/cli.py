@@ -5,6 +5,8 @@
     pyro-moe evaluate RUN_DIR
 
 Errors a user can cause print one line, ``pyro-moe: error: ...``, and exit with status 2.
+SIGINT / SIGTERM during training finish the step, write a checkpoint, print one line and exit
+with status 130 / 143 (``--resume`` continues the run exactly).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pyro_moe.errors import ConfigError, PyroMoeError
+from pyro_moe.errors import ConfigError, PyroMoeError, TrainingInterrupted
 
 TRAIN_OPTIONS = (
     "epochs",
@@ -28,6 +30,8 @@ TRAIN_OPTIONS = (
     "seed",
     "max_steps",
     "device",
+    "checkpoint_every",
+    "max_nonfinite_skips",
 )
 
 
@@ -94,6 +98,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu or cuda")
+    _add_reliability_options(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
         "--overwrite",
@@ -102,6 +107,21 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_reliability_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="STEPS",
+        help="also write a checkpoint every STEPS steps (default: after each epoch only)",
+    )
+    p.add_argument(
+        "--max-nonfinite-skips",
+        type=int,
+        metavar="N",
+        help="skip up to N steps with a NaN/inf loss or gradient before stopping (default 0)",
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -200,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PyroMoeError as e:
         print(f"pyro-moe: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        print(f"pyro-moe: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("pyro-moe: interrupted", file=sys.stderr)
         return 130

@@ -9,8 +9,11 @@ import torch
 from pyro_moe.data import DATASETS, as_inputs, as_targets, load_dataset, load_npz, split_arrays
 from pyro_moe.errors import ConfigError, DataError, UnknownNameError
 
+#: the sets generated in code (the image loaders read files: tests/test_mnist_data.py)
+GENERATED = [n for n, b in DATASETS.items() if b.__module__ != "pyro_moe.data.mnist"]
 
-@pytest.mark.parametrize("name", DATASETS.names())
+
+@pytest.mark.parametrize("name", GENERATED)
 def test_synthetic_sets_are_seeded_and_split(name):
     a, b, c = load_dataset(name, seed=0), load_dataset(name, seed=0), load_dataset(name, seed=1)
     assert torch.equal(a.train.x, b.train.x) and not torch.equal(a.train.x, c.train.x)
@@ -74,7 +77,7 @@ def test_bad_targets():
 
 
 def test_unknown_names_and_options():
-    with pytest.raises(UnknownNameError, match="known: bishop"):
+    with pytest.raises(UnknownNameError, match="known: .*bishop"):
         load_dataset("no-such-set")
     with pytest.raises(ConfigError, match="no option"):
         load_dataset("bishop", arms=3)
