@@ -32,6 +32,7 @@ TRAIN_OPTIONS = (
     "device",
     "checkpoint_every",
     "max_nonfinite_skips",
+    "distributed",
 )
 
 
@@ -98,6 +99,13 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu or cuda")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        default=None,
+        help="one process of a data-parallel job: torchrun --nproc-per-node N -m pyro_moe.cli "
+        "train ... --distributed",
+    )
     _add_reliability_options(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
@@ -183,11 +191,27 @@ def cmd_train(args: argparse.Namespace) -> int:
             seed=overrides.get("seed", 0),
         )
         config = TrainConfig(**overrides)
-        if args.overwrite:
+        if args.overwrite and _is_main_process(config):
             RunFolder(args.out).clear()
-    result = run_experiment(spec, config, args.out, resume=args.resume, figures=not args.no_figures)
-    _print_summary(result)
+    out = args.out if _is_main_process(config) else None  # only rank 0 writes
+    result = run_experiment(spec, config, out, resume=args.resume, figures=not args.no_figures)
+    if out is not None:
+        _print_summary(result)
+    if config.distributed:
+        from pyro_moe import distributed
+
+        distributed.shutdown()
     return 0
+
+
+def _is_main_process(config: Any) -> bool:
+    """True unless this is a non-zero rank of a ``--distributed`` job (joins its group)."""
+    if not config.distributed:
+        return True
+    from pyro_moe import distributed
+
+    distributed.init(config.device)
+    return distributed.is_main_process()
 
 
 def _print_summary(result: Any) -> None:

@@ -94,6 +94,7 @@ class TrainConfig:
     eval_batch_size: int = 4096
     progress: bool | None = None
     device: str = "cpu"
+    distributed: bool = False  # one rank of a torchrun job (see pyro_moe.distributed)
     checkpoint_every: int | None = None  # steps between checkpoints (None: every epoch only)
     max_nonfinite_skips: int = 0  # NaN/inf steps to skip (and warn about) before stopping
 
@@ -329,6 +330,7 @@ class Trainer:
         if not torch.isfinite(loss):
             return self._nonfinite(f"the loss is {loss.item()}", x, y, rng)
         loss.backward()
+        self.after_backward()
         bad = nonfinite_tensors((self.names.get(id(p), "?"), p.grad) for p in self.parameters())
         if bad:
             return self._nonfinite(
@@ -342,6 +344,9 @@ class Trainer:
         self.state.loss_sum += loss.item()
         self.state.loss_count += 1
         return loss.item()
+
+    def after_backward(self) -> None:
+        """Hook between ``backward`` and the update (distributed training averages gradients)."""
 
     def _count_step(self) -> None:
         self.state.step += 1
@@ -586,6 +591,20 @@ class Trainer:
             self.guide.load_state_dict(self.best_params["guide"])
 
 
+def _trainer_class(
+    config: TrainConfig, run_dir: str | Path | None, resume: bool
+) -> tuple[type[Trainer], str | Path | None]:
+    """The trainer for ``config``; under ``distributed`` only rank 0 keeps the run folder."""
+    if not config.distributed:
+        return Trainer, run_dir
+    from pyro_moe import distributed
+
+    if resume:
+        raise ConfigError("resuming a distributed run is not supported")
+    distributed.init(config.device)
+    return distributed.DistributedTrainer, run_dir if distributed.is_main_process() else None
+
+
 def fit(
     model: PyroModel,
     guide: PyroGuide,
@@ -622,8 +641,9 @@ def fit(
     check_compatible(model, guide, estimator, data, config)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
+    trainer_class, run_dir = _trainer_class(config, run_dir, resume)
     run = RunFolder(run_dir) if run_dir is not None else None
-    trainer = Trainer(model, guide, estimator, data, config, run, callbacks)
+    trainer = trainer_class(model, guide, estimator, data, config, run, callbacks)
     if resume:
         trainer.restore()
     elif run:
