@@ -17,6 +17,16 @@ BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 
 #: arguments that make each benchmark script finish in seconds
 BENCHMARK_SMOKE_ARGS = {
+    "estimators_binarized_mnist.py": [
+        "--limit",
+        "100",
+        "--epochs",
+        "1",
+        "--estimators",
+        "reinforce,st-gumbel",
+        "--test-particles",
+        "2",
+    ],
     "bishop_objectives.py": ["--epochs", "1"],
     "clustering_mnist.py": [
         *("--data", "digits", "--limit", "200", "--hidden", "16", "--latent-dim", "4"),
