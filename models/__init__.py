@@ -1,6 +1,7 @@
 """Model families, registered by name in :data:`pyro_moe.registry.MODELS`."""
 
 from pyro_moe.models import (  # noqa: F401  (deep clustering models)
+    cat_vae,
     dmvae,
     gmm,
     moe,  # noqa: F401  (registers the mixture of experts)

@@ -17,6 +17,16 @@ BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 
 #: arguments that make each benchmark script finish in seconds
 BENCHMARK_SMOKE_ARGS = {
+    "estimators_binarized_mnist.py": [
+        "--limit",
+        "100",
+        "--epochs",
+        "1",
+        "--estimators",
+        "reinforce,st-gumbel",
+        "--test-particles",
+        "2",
+    ],
     "bishop_objectives.py": ["--epochs", "1"],
     "clustering_mnist.py": [
         *("--data", "digits", "--limit", "200", "--hidden", "16", "--latent-dim", "4"),
@@ -28,6 +38,10 @@ BENCHMARK_SMOKE_ARGS = {
 NOTEBOOK_SMOKE_ENV = {
     "deep_clustering.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "2"},
     "quickstart.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "3"},
+    "gradient_estimators.ipynb": {
+        "PYRO_MOE_NOTEBOOK_EPOCHS": "2",
+        "PYRO_MOE_NOTEBOOK_ESTIMATES": "16",
+    },
 }
 
 
