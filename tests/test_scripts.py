@@ -22,6 +22,7 @@ BENCHMARK_SMOKE_ARGS = {
         *("--data", "digits", "--limit", "200", "--hidden", "16", "--latent-dim", "4"),
         *("--pretrain-epochs", "1", "--epochs", "1", "--batch-size", "40"),
     ],
+    "overhead.py": ["--steps", "2", "--mnist-steps", "1", "--mnist-batch", "4", "--warmup", "1"],
 }
 #: environment that gives each notebook a small budget
 NOTEBOOK_SMOKE_ENV = {
