@@ -187,7 +187,7 @@ def main() -> None:
         dmvae = DMVAE(data.input_dim, **options)
         state = {k: v for k, v in vade.state_dict().items() if k != "pi_logits"}
         dmvae.load_state_dict(state, strict=False)
-        dmvae.init_cluster_net(data.train.x, seed=args.seed, epochs=2)
+        dmvae.init_cluster_net(data.train.x, seed=args.seed, epochs=5)
         models["dmvae"] = dmvae
     snapshot = copy.deepcopy(models)
     for name in args.models.split(","):

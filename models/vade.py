@@ -156,7 +156,18 @@ class VaDE(VAE):
         self.prior_loc.copy_(torch.as_tensor(gmm.means_, dtype=like.dtype))
         scale = torch.as_tensor(np.sqrt(gmm.covariances_), dtype=like.dtype)
         self.raw_prior_scale.copy_(softplus_inverse((scale - self.min_scale).clamp_min(1e-4)))
+        self.narrow_posterior(scale.mean(0) / 10)
         return gmm
+
+    @torch.no_grad()
+    def narrow_posterior(self, scale: torch.Tensor) -> None:
+        """Start q(z|x)'s standard deviation at ``scale`` (``[L]``) for every x: the autoencoder
+        pretrains only the encoder's mean, and a log-variance head left at its random init gives
+        sigma(x) ~ 1, far wider than the GMM's clusters; E_q(z|x) log p(z|c) then favours the
+        widest cluster and a separate q(c|x) (DMVAE) collapses onto it."""
+        last = self.encoder[-1]
+        last.weight[self.latent_dim :].zero_()
+        last.bias[self.latent_dim :].copy_(2 * torch.log(scale))
 
 
 def pretrain_and_init(
