@@ -64,6 +64,7 @@ class DMVAE(VaDE):
         likelihood: str = "gaussian",
         activation: str = "relu",
         min_scale: float = 1e-3,
+        pretrain_epochs: int = 0,
     ) -> None:
         sizes = parse_sizes(cluster_hidden if cluster_hidden is not None else hidden)
         super().__init__(
@@ -76,6 +77,7 @@ class DMVAE(VaDE):
             likelihood=likelihood,
             activation=activation,
             min_scale=min_scale,
+            pretrain_epochs=pretrain_epochs,
             cluster_hidden=list(sizes),
         )
         self.cluster_net = mlp([input_dim, *sizes, self.num_components], activation)

@@ -179,3 +179,18 @@ def test_deep_models_train_on_spirals_to_their_floor(name):
     config = TrainConfig(epochs=4, batch_size=60, lr=3e-3, patience=None, progress=False)
     fit(model, guide, est, data, config)
     assert model.evaluate(data.test.x, data.test.y)["accuracy"] >= 0.40
+
+
+def test_pretraining_option_runs_the_recipe_in_from_data():
+    from pyro_moe.data import load_dataset
+
+    data = load_dataset("spirals", n=60)
+    options = {"num_components": 3, "latent_dim": 2, "hidden": "8"}
+    torch.manual_seed(0)
+    plain = MODELS["dmvae"].from_data(data, **options)
+    torch.manual_seed(0)
+    pretrained = MODELS["dmvae"].from_data(data, pretrain_epochs=2, **options)
+    assert not torch.equal(plain.prior_loc, pretrained.prior_loc)
+    assert pretrained.prior_loc.shape == (3, 2)
+    with pytest.raises(ConfigError, match="pretrain_epochs"):
+        MODELS["vade"].from_data(data, pretrain_epochs=-1)
