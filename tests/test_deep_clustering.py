@@ -194,3 +194,14 @@ def test_pretraining_option_runs_the_recipe_in_from_data():
     assert pretrained.prior_loc.shape == (3, 2)
     with pytest.raises(ConfigError, match="pretrain_epochs"):
         MODELS["vade"].from_data(data, pretrain_epochs=-1)
+
+
+def test_dmvae_reads_a_relaxed_one_hot_cluster_through_select():
+    torch.manual_seed(0)
+    model = MODELS["dmvae"](3, num_components=3, latent_dim=2, hidden="8")
+    x = torch.randn(4, 3)
+    w = torch.softmax(torch.randn(4, 3), -1)  # a relaxed one-hot c, as Gumbel-softmax gives
+    trace = poutine.trace(poutine.do(model.model, {"cluster": w})).get_trace(x)
+    latent = trace.nodes["latent"]["fn"].base_dist
+    assert torch.allclose(latent.loc, w @ model.prior_loc)
+    assert torch.allclose(latent.scale, w @ model.prior_scale())
