@@ -25,6 +25,7 @@ BENCHMARK_SMOKE_ARGS = {
 #: environment that gives each notebook a small budget
 NOTEBOOK_SMOKE_ENV = {
     "quickstart.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "3"},
+    "dvmoe.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "1"},
 }
 
 
