@@ -18,6 +18,7 @@ BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 #: arguments that make each benchmark script finish in seconds
 BENCHMARK_SMOKE_ARGS = {
     "bishop_objectives.py": ["--epochs", "1"],
+    "mnist_experts.py": ["--limit", "200", "--epochs", "1"],
     "table1_dvmoe.py": [
         *("--epochs", "1", "--seeds", "1", "--n", "100", "--batch-size", "20", "--dims", "2"),
     ],
