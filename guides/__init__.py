@@ -1,7 +1,0 @@
-"""Guides (amortized posteriors), registered by name in :data:`pyro_moe.registry.GUIDES`."""
-
-from pyro_moe.guides import cat_vae, deep_clustering, moe  # noqa: F401  (register the guides)
-
-from pyro_moe.registry import GUIDES
-
-__all__ = ["GUIDES"]
