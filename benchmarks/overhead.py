@@ -47,7 +47,7 @@ Step = Callable[[], torch.Tensor]
 
 
 # --- small MoE ------------------------------------------------------------------------------------
-def small_moe(seed: int):
+def small_moe(seed: int, device: str):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1250, 5, generator=g)
     y = torch.sin(x.sum(-1, keepdim=True)) + 0.3 * torch.randn(1250, 1, generator=g)
@@ -56,7 +56,7 @@ def small_moe(seed: int):
     model = MODELS["moe"].from_data(
         data, num_components=8, gate="mlp", expert="linear", hidden_dim=64
     )
-    return model, x[:1000], y[:1000]
+    return model.to(device), x[:1000].to(device), y[:1000].to(device)
 
 
 def hand_moe_exact(model, x, y) -> torch.Tensor:
@@ -84,10 +84,10 @@ def hand_moe_reinforce(model, guide, x, y) -> torch.Tensor:
     return surrogate + (-elbo - surrogate).detach()
 
 
-def moe_methods(seed: int) -> tuple[dict[str, tuple[Step, Step]], list[nn.Module]]:
+def moe_methods(seed: int, device: str) -> tuple[dict[str, tuple[Step, Step]], list[nn.Module]]:
     pyro.clear_param_store()
-    model, x, y = small_moe(seed)
-    none, posterior = GUIDES["none"](model), GUIDES["posterior"](model)
+    model, x, y = small_moe(seed, device)
+    none, posterior = GUIDES["none"](model), GUIDES["posterior"](model).to(device)
     fast, general = ESTIMATORS["enum"](), ESTIMATORS["enum"](fast=False)
     jit = ESTIMATORS["enum"](fast=False, jit=True)
     reinforce = ESTIMATORS["reinforce"]()
@@ -153,11 +153,13 @@ class VadeShaped(nn.Module):
         return -(log_pz + log_px - log_q).sum()
 
 
-def vade_methods(seed: int, batch: int) -> tuple[dict[str, tuple[Step, Step]], list[nn.Module]]:
+def vade_methods(
+    seed: int, batch: int, device: str
+) -> tuple[dict[str, tuple[Step, Step]], list[nn.Module]]:
     pyro.clear_param_store()
     torch.manual_seed(seed)
-    net = VadeShaped()
-    x = (torch.rand(batch, 784) < 0.3).float()  # binary images of MNIST's size
+    net = VadeShaped().to(device)
+    x = (torch.rand(batch, 784) < 0.3).float().to(device)  # binary images of MNIST's size
     model, guide = config_enumerate(net.model), net.guide
     elbo = TraceEnum_ELBO(max_plate_nesting=1)
     jit = JitTraceEnum_ELBO(max_plate_nesting=1, ignore_jit_warnings=True)
@@ -180,11 +182,18 @@ def agreement(pyro_step: Step, hand_step: Step, seed: int) -> float:
 
 
 def timed(step: Step, params: list[torch.Tensor], opt: torch.optim.Optimizer) -> float:
+    sync()
     start = time.perf_counter()
     opt.zero_grad(set_to_none=True)
     step().backward()
     opt.step()
+    sync()
     return time.perf_counter() - start
+
+
+def sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def measure(methods: dict[str, tuple[Step, Step]], modules, steps: int, warmup: int, seed: int):
@@ -224,13 +233,15 @@ def measure(methods: dict[str, tuple[Step, Step]], modules, steps: int, warmup: 
 
 
 def main(args: argparse.Namespace) -> None:
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"overhead.py: error: --device {args.device} but no CUDA device is here")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     results = {}
     problems = {
-        "small MoE": (lambda: moe_methods(args.seed), args.steps),
+        "small MoE": (lambda: moe_methods(args.seed, args.device), args.steps),
         "MNIST scale (VaDE-shaped)": (
-            lambda: vade_methods(args.seed, args.mnist_batch),
+            lambda: vade_methods(args.seed, args.mnist_batch, args.device),
             args.mnist_steps,
         ),
     }
@@ -262,7 +273,9 @@ def protocol(args: argparse.Namespace) -> dict:
         "mnist_steps": args.mnist_steps,
         "mnist_batch": args.mnist_batch,
         "warmup": args.warmup,
-        "device": "cpu (no GPU machine was lent to this task)",
+        "device": args.device
+        if args.device != "cpu"
+        else "cpu (no GPU machine was lent to this task)",
     }
 
 
@@ -302,6 +315,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (times include a sync)")
     p.add_argument("--out", default="benchmarks/results")
     return p.parse_args()
 
