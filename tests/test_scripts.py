@@ -19,10 +19,15 @@ BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 BENCHMARK_SMOKE_ARGS = {
     "bishop_objectives.py": ["--epochs", "1"],
     "memory.py": ["--steps", "2", "--growth-steps", "12", "--growth-rows", "60", "--batches", "4"],
+    "clustering_mnist.py": [
+        *("--data", "digits", "--limit", "200", "--hidden", "16", "--latent-dim", "4"),
+        *("--pretrain-epochs", "1", "--epochs", "1", "--batch-size", "40"),
+    ],
     "overhead.py": ["--steps", "2", "--mnist-steps", "1", "--mnist-batch", "4", "--warmup", "1"],
 }
 #: environment that gives each notebook a small budget
 NOTEBOOK_SMOKE_ENV = {
+    "deep_clustering.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "2"},
     "quickstart.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "3"},
 }
 
