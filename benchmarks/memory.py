@@ -1,16 +1,14 @@
-"""Peak memory of VaDE-shaped training at batch 100 and 256, and no growth over 1,000 steps.
+"""Peak memory of VaDE training at batch 100 and 256, and no growth over 1,000 steps.
 
 1. Peak resident memory (RSS, which includes PyTorch's CPU allocator; ``tracemalloc`` does not
-   see it) of SVI steps of the VaDE-shaped model of ``benchmarks/overhead.py`` (encoder
-   784-500-500-2000, decoder 10-2000-500-500-784, K=10, TraceEnum_ELBO with the gate
-   enumerated), one fresh
-   process per batch size, with RSS after every step to show it is flat after the first steps.
+   see it) of SVI steps of the library's VaDE (``vade``, guide ``vae``; encoder 784-500-500-2000,
+   mirrored Bernoulli decoder, 10-d z, K=10, ``enum``), one fresh process per batch size, with
+   RSS after every step to show it is flat after the first steps.
 2. Growth over ``--growth-steps`` (1,000) steps of the library's training loop (``fit``) on the
    small MoE, for ``enum`` (fast path), ``enum`` with TraceEnum_ELBO and ``reinforce``: the
    live-tensor count and RSS at every epoch end.
 
-DLGMM is not implemented in this project, so it is not measured; the library's VaDE (issue 5) was
-not on main when this was written, hence the VaDE-shaped stand-in.
+DLGMM is not implemented in this project, so it is not measured.
 
     python benchmarks/memory.py                                  # full protocol
     python benchmarks/memory.py --steps 2 --growth-steps 20 --growth-rows 100 --batches 4
@@ -23,7 +21,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pyro
 import torch
@@ -37,30 +34,28 @@ from pyro_moe.benchmarking import (
     write_results,
 )
 
-HERE = Path(__file__).resolve().parent
-
 
 def vade_child(batch: int, steps: int, seed: int) -> dict:
-    """Run in a fresh process: peak and per-step RSS of VaDE-shaped SVI at ``batch``."""
-    sys.path.insert(0, str(HERE))
-    from overhead import VadeShaped  # the same model the overhead benchmark times
-    from pyro.infer import TraceEnum_ELBO, config_enumerate
+    """Run in a fresh process: peak and per-step RSS of VaDE SVI at ``batch``."""
+    from pyro_moe.estimators import ESTIMATORS
+    from pyro_moe.registry import GUIDES, MODELS
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     base = rss_mb()[0]
-    net = VadeShaped()
+    options = {"num_components": 10, "latent_dim": 10, "hidden": "500-500-2000"}
+    net = MODELS["vade"](784, likelihood="bernoulli", **options)
+    guide = GUIDES["vae"](net)
     x = (torch.rand(batch, 784) < 0.3).float()
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    elbo = TraceEnum_ELBO(max_plate_nesting=1)
-    model = config_enumerate(net.model)
+    enum = ESTIMATORS["enum"]()
     params_mb = sum(p.numel() * p.element_size() for p in net.parameters()) / 2**20
     built = rss_mb()[0]
     reset_peak_rss()
     per_step = []
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
-        elbo.differentiable_loss(model, net.guide, x).backward()
+        enum.loss(net.model, guide, x).backward()
         opt.step()
         per_step.append(round(rss_mb()[0], 1))
     after = min(3, len(per_step) - 1)
@@ -142,7 +137,7 @@ def main(args: argparse.Namespace) -> None:
     peaks = vade_peaks(args.batches, args.steps, args.seed)
     grow = growth(args.growth_steps, args.growth_rows, args.seed)
     markdown = report(peaks, grow, args)
-    results = {"vade_shaped_peaks": peaks, "growth": grow, "device": "cpu (no GPU was lent)"}
+    results = {"vade_peaks": peaks, "growth": grow, "device": "cpu (no GPU was lent)"}
     write_results(
         "memory",
         seed=args.seed,
@@ -176,13 +171,13 @@ def report(peaks: list[dict], grow: list[dict], args: argparse.Namespace) -> str
     ]
     return "\n".join(
         [
-            "# Memory: peak of VaDE-shaped training, growth over training\n",
+            "# Memory: peak of VaDE training, growth over training\n",
             "CPU only (no GPU machine was lent to this task), float32, 1 thread. RSS includes "
             "PyTorch's CPU allocator and the Python interpreter with torch and pyro imported "
-            "(`rss_before_mb`). DLGMM is not implemented in this project; the library's VaDE "
-            "(issue 5) was not on main, so the VaDE-shaped model of `benchmarks/overhead.py` "
-            "stands in (784-500-500-2000 encoder, mirrored decoder, K=10, TraceEnum_ELBO).\n",
-            f"## Peak RSS, VaDE-shaped SVI ({args.steps} steps, one process per batch size)\n",
+            "(`rss_before_mb`). Model: the library's VaDE (784-500-500-2000 encoder, mirrored "
+            "Bernoulli decoder, 10-d z, K=10, guide `vae`, `enum`) on random binary images. "
+            "DLGMM is not implemented in this project, so it is not measured.\n",
+            f"## Peak RSS, VaDE SVI ({args.steps} steps, one process per batch size)\n",
             markdown_table(peaks, peak_cols) + "\n",
             f"## Growth over {args.growth_steps} steps of `fit` (small MoE, batch 10)\n",
             "Live tensors reachable by the garbage collector and RSS at each epoch end; a leaked "
@@ -195,7 +190,7 @@ def report(peaks: list[dict], grow: list[dict], args: argparse.Namespace) -> str
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, nargs="+", default=[100, 256])
-    p.add_argument("--steps", type=int, default=30, help="VaDE-shaped steps per batch size")
+    p.add_argument("--steps", type=int, default=30, help="VaDE steps per batch size")
     p.add_argument("--growth-steps", type=int, default=1000)
     p.add_argument("--growth-rows", type=int, default=2000, help="bishop rows (60%% train)")
     p.add_argument("--seed", type=int, default=0)
