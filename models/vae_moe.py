@@ -284,8 +284,8 @@ class VadeGatedMoE(VaeGatedMoE):
     """ME gated by VaDE: q(c|x) = p(c|z) at a sampled z; test-time gate by Monte Carlo over z."""
 
     pyro_name = "vade_moe"
-    default_guide = "vade"
-    exact_guide = "vade"
+    default_guide = "vade-moe"
+    exact_guide = "vade-moe"
     learn_weights = True
     smoke_spec = {
         "data": "shells",
