@@ -75,3 +75,39 @@ def write_results(
     )
     atomic_write_text(md_path, header + markdown.strip() + "\n")
     return json_path, md_path
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current, peak) resident memory of this process in MiB, from /proc (Linux) or
+    ``resource`` (peak only elsewhere). The peak covers PyTorch's CPU allocator, which
+    ``tracemalloc`` does not see."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024)  # bytes on macOS
+    return peak, peak
+
+
+def reset_peak_rss() -> bool:
+    """Restart the peak-RSS counter (Linux ``clear_refs``); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def live_tensors() -> int:
+    """How many torch tensors the garbage collector can reach (a leak of graphs grows this)."""
+    import gc
+    import warnings
+
+    import torch
+
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance touches deprecated torch module attributes
+        warnings.simplefilter("ignore")
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))

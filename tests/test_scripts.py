@@ -28,11 +28,16 @@ BENCHMARK_SMOKE_ARGS = {
         "2",
     ],
     "bishop_objectives.py": ["--epochs", "1"],
+    "memory.py": ["--steps", "2", "--growth-steps", "12", "--growth-rows", "60", "--batches", "4"],
     "clustering_mnist.py": [
         *("--data", "digits", "--limit", "200", "--hidden", "16", "--latent-dim", "4"),
         *("--pretrain-epochs", "1", "--epochs", "1", "--batch-size", "40"),
     ],
     "overhead.py": ["--steps", "2", "--mnist-steps", "1", "--mnist-batch", "4", "--warmup", "1"],
+    "mnist_experts.py": ["--limit", "200", "--epochs", "1"],
+    "table1_dvmoe.py": [
+        *("--epochs", "1", "--seeds", "1", "--n", "100", "--batch-size", "20", "--dims", "2"),
+    ],
 }
 #: environment that gives each notebook a small budget
 NOTEBOOK_SMOKE_ENV = {
@@ -42,6 +47,7 @@ NOTEBOOK_SMOKE_ENV = {
         "PYRO_MOE_NOTEBOOK_EPOCHS": "2",
         "PYRO_MOE_NOTEBOOK_ESTIMATES": "16",
     },
+    "dvmoe.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "1"},
 }
 
 

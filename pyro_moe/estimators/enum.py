@@ -23,7 +23,6 @@ References:
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
@@ -52,7 +51,8 @@ class Enumerate(Estimator):
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
         elbo_class = JitTraceEnum_ELBO if jit else TraceEnum_ELBO
         self.jit, self.fast = jit, fast
-        self._general: weakref.WeakSet = weakref.WeakSet()  # models the fast path cannot take
+        # ids of models the fast path cannot take (a reused id only costs the general path)
+        self._general: set[int] = set()
         self.elbo = elbo_class(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -65,7 +65,7 @@ class Enumerate(Estimator):
             try:
                 return collapsed_loss(model, self.max_plate_nesting, *args, **kwargs)
             except NotCollapsible:
-                self._general.add(getattr(model, "__self__", model))
+                self._general.add(id(getattr(model, "__self__", model)))
         return self.elbo.differentiable_loss(*self._enumerated(model, guide), *args, **kwargs)
 
     def value(self, model, guide, *args: Any, **kwargs: Any) -> float:
@@ -79,11 +79,7 @@ class Enumerate(Estimator):
         """Whether to try the one-pass path: ``fast``, an empty guide, not known to fail."""
         if not (self.fast and getattr(guide, "is_empty", False)):
             return False
-        owner = getattr(model, "__self__", model)
-        try:
-            return owner not in self._general
-        except TypeError:  # not weak-referenceable: try every time
-            return True
+        return id(getattr(model, "__self__", model)) not in self._general
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, jit={self.jit}, fast={self.fast}"
