@@ -121,7 +121,7 @@ def report(args, data, results, started, out) -> None:
             "ari": r["ari"],
             "epochs": r.get("epochs", 0),
             "train s": r.get("train_seconds", 0.0),
-            "q(c|x) s / 10k": r.get("qc_seconds_per_10k", ""),
+            "q(c\\|x) s / 10k": r.get("qc_seconds_per_10k", ""),
             "published acc": r.get("published_accuracy") or "",
         }
         for name, r in results.items()
