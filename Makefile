@@ -25,7 +25,11 @@ demo: $(STAMP)
 	$(BIN)/pyro-moe $(DEMO_TRAIN) --estimator enum --out $(DEMO)/enum
 	$(BIN)/pyro-moe $(DEMO_TRAIN) --estimator reinforce --guide posterior --guide-lr 0.1 \
 		--out $(DEMO)/reinforce
+	$(BIN)/pyro-moe compare-estimators --model moe --data sign-flip --data-option n=400 -K 3 \
+		--estimators enum,reinforce,rloo,vimco,gumbel,st-gumbel,question --epochs 15 \
+		--num-estimates 200 --out $(DEMO)/estimators
 	@echo
+	@echo "estimator comparison in $(DEMO)/estimators: estimators.md, bias_variance.png, snr.png"
 	@echo "demo runs written to $(DEMO)/enum and $(DEMO)/reinforce:"
 	@echo "  fit.png (predictive density, experts, gate), training.png, metrics.csv, summary.json"
 

@@ -51,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--name", default="clustering_mnist", help="results file name")
     return p.parse_args()
 
 
@@ -145,7 +146,7 @@ def report(args, data, results, started, out) -> None:
     )
     results["protocol"] = protocol
     write_results(
-        "clustering_mnist",
+        args.name,
         seed=args.seed,
         wall_seconds=time.perf_counter() - started,
         results=results,
@@ -186,7 +187,7 @@ def main() -> None:
         dmvae = DMVAE(data.input_dim, **options)
         state = {k: v for k, v in vade.state_dict().items() if k != "pi_logits"}
         dmvae.load_state_dict(state, strict=False)
-        dmvae.init_cluster_net(data.train.x, seed=args.seed, epochs=2)
+        dmvae.init_cluster_net(data.train.x, seed=args.seed, epochs=5)
         models["dmvae"] = dmvae
     snapshot = copy.deepcopy(models)
     for name in args.models.split(","):

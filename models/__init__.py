@@ -1,11 +1,13 @@
 """Model families, registered by name in :data:`pyro_moe.registry.MODELS`."""
 
-from pyro_moe.models import (  # noqa: F401  (deep clustering models)
+from pyro_moe.models import (  # noqa: F401  (register the models)
+    cat_vae,
     dmvae,
     gmm,
-    moe,  # noqa: F401  (registers the mixture of experts)
+    moe,
     vade,
     vae,
+    vae_moe,
 )
 
 from pyro_moe.registry import MODELS

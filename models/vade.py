@@ -41,6 +41,7 @@ from pyro_moe.models.vae import VAE
 from torch import nn
 
 from pyro_moe.base import check_num_components
+from pyro_moe.errors import ConfigError
 from pyro_moe.gate import select
 from pyro_moe.registry import MODELS
 
@@ -72,9 +73,14 @@ class VaDE(VAE):
         likelihood: str = "gaussian",
         activation: str = "relu",
         min_scale: float = 1e-3,
+        pretrain_epochs: int = 0,
         **extra: Any,
     ) -> None:
         k = check_num_components(num_components)
+        if isinstance(pretrain_epochs, bool) or not isinstance(pretrain_epochs, int):
+            raise ConfigError(f"pretrain_epochs must be an integer >= 0, got {pretrain_epochs!r}")
+        if pretrain_epochs < 0:
+            raise ConfigError(f"pretrain_epochs must be an integer >= 0, got {pretrain_epochs!r}")
         super().__init__(
             input_dim,
             output_dim,
@@ -85,15 +91,25 @@ class VaDE(VAE):
             activation=activation,
             min_scale=min_scale,
             num_components=num_components,
+            pretrain_epochs=pretrain_epochs,
             **extra,
         )
-        self.num_components = k
+        self.num_components, self.pretrain_epochs = k, pretrain_epochs
         if self.learn_weights:
             self.pi_logits = nn.Parameter(torch.zeros(k))
         else:
             self.register_buffer("pi_logits", torch.zeros(k))
         self.prior_loc = nn.Parameter(torch.randn(k, latent_dim))
         self.raw_prior_scale = nn.Parameter(torch.zeros(k, latent_dim))
+
+    @classmethod
+    def from_data(cls, data: Any, **options: Any) -> VaDE:
+        """Build for ``data``; with ``pretrain_epochs > 0`` also run the paper's recipe
+        (:func:`pretrain_and_init`) on the training rows, so the CLI and the registry get it."""
+        model = super().from_data(data, **options)
+        if model.pretrain_epochs > 0:
+            pretrain_and_init(model, data.train.x, epochs=model.pretrain_epochs)
+        return model
 
     # --- prior --------------------------------------------------------------------------------
     def log_weights(self) -> torch.Tensor:
@@ -156,7 +172,18 @@ class VaDE(VAE):
         self.prior_loc.copy_(torch.as_tensor(gmm.means_, dtype=like.dtype))
         scale = torch.as_tensor(np.sqrt(gmm.covariances_), dtype=like.dtype)
         self.raw_prior_scale.copy_(softplus_inverse((scale - self.min_scale).clamp_min(1e-4)))
+        self.narrow_posterior(scale.mean(0) / 10)
         return gmm
+
+    @torch.no_grad()
+    def narrow_posterior(self, scale: torch.Tensor) -> None:
+        """Start q(z|x)'s standard deviation at ``scale`` (``[L]``) for every x: the autoencoder
+        pretrains only the encoder's mean, and a log-variance head left at its random init gives
+        sigma(x) ~ 1, far wider than the GMM's clusters; E_q(z|x) log p(z|c) then favours the
+        widest cluster and a separate q(c|x) (DMVAE) collapses onto it."""
+        last = self.encoder[-1]
+        last.weight[self.latent_dim :].zero_()
+        last.bias[self.latent_dim :].copy_(2 * torch.log(scale))
 
 
 def pretrain_and_init(

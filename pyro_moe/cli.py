@@ -3,6 +3,7 @@
     pyro-moe list
     pyro-moe train MODEL --data NAME --estimator NAME --out DIR [--epochs ... --resume]
     pyro-moe evaluate RUN_DIR
+    pyro-moe compare-estimators --model moe --data NAME --estimators a,b,c --out DIR
 
 Errors a user can cause print one line, ``pyro-moe: error: ...``, and exit with status 2.
 SIGINT / SIGTERM during training finish the step, write a checkpoint, print one line and exit
@@ -137,10 +138,66 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list models, guides, estimators and data sets")
     _add_train_parser(sub)
+    _add_compare_parser(sub)
     e = sub.add_parser("evaluate", help="test metrics of a finished run (its best parameters)")
     e.add_argument("run_dir", type=Path)
     e.add_argument("--split", default="test", choices=["train", "valid", "test"])
     return parser
+
+
+def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare-estimators",
+        help="train with several estimators on one budget and measure their gradients",
+        description="Train MODEL with each estimator (same budget, same seed), run the "
+        "gradient-variance harness, write estimators.csv, estimators.md and figures.",
+    )
+    p.add_argument("--model", default="moe")
+    p.add_argument("--data", required=True)
+    p.add_argument("--estimators", required=True, help="comma-separated estimator names")
+    p.add_argument("--guide", help="guide for every estimator (default: the model's)")
+    p.add_argument("-K", "--experts", dest="num_components", type=int)
+    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-estimates", type=int, default=200, help="harness estimates")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--no-figures", action="store_true")
+
+
+def cmd_compare_estimators(args: argparse.Namespace) -> int:
+    from pyro_moe.compare import compare_estimators
+    from pyro_moe.experiment import RunSpec
+    from pyro_moe.train import TrainConfig
+
+    model_options = parse_options(args.option, "model")
+    if args.num_components is not None:
+        model_options["num_components"] = args.num_components
+    spec = RunSpec(
+        model=args.model,
+        data=args.data,
+        guide=args.guide,
+        model_options=model_options,
+        data_options=parse_options(args.data_option, "data"),
+        seed=args.seed,
+    )
+    train = {"epochs": args.epochs, "seed": args.seed, "progress": False, "patience": None}
+    train.update({k: getattr(args, k) for k in ("batch_size", "lr") if getattr(args, k)})
+    names = [n.strip() for n in args.estimators.split(",") if n.strip()]
+    rows, _ = compare_estimators(
+        spec, names, TrainConfig(**train), args.out, args.num_estimates, not args.no_figures
+    )
+    for row in rows:
+        if row["group"] == "all":
+            print(
+                f"  {row['estimator']:14s} bias {row['bias']:.3g}  variance {row['variance']:.3g}"
+                f"  snr {row['snr']:.3g}  valid loss {row['final_valid_loss']:.4g}"
+            )
+    print(f"written: {args.out / 'estimators.csv'}, {args.out / 'estimators.md'}")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -234,7 +291,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "train": cmd_train, "evaluate": cmd_evaluate}
+COMMANDS = {
+    "list": cmd_list,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "compare-estimators": cmd_compare_estimators,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ the model's figures into the run folder.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from pyro_moe.errors import CheckpointError, ConfigError, PyroMoeError
 from pyro_moe.estimators.base import Estimator
 from pyro_moe.registry import ESTIMATORS, GUIDES, MODELS
 from pyro_moe.runs import RunFolder
-from pyro_moe.train import FitResult, TrainConfig, fit
+from pyro_moe.train import Callback, FitResult, TrainConfig, fit
 
 
 @dataclass(frozen=True)
@@ -128,12 +129,14 @@ def run_experiment(
     run_dir: str | Path | None = None,
     resume: bool = False,
     figures: bool = True,
+    callbacks: Sequence[Callback] = (),
 ) -> FitResult:
-    """Build ``spec``, :func:`~pyro_moe.train.fit` it, write test metrics and figures."""
+    """Build ``spec``, :func:`~pyro_moe.train.fit` it, write test metrics and figures
+    (``callbacks`` are passed to ``fit``: epoch-end measurements such as gradient variance)."""
     config = config or TrainConfig(seed=spec.seed)
     data, model, guide, estimator = build(spec)
     info = {**asdict(spec), "guide": guide_name(spec)}
-    result = fit(model, guide, estimator, data, config, run_dir, resume, info)
+    result = fit(model, guide, estimator, data, config, run_dir, resume, info, callbacks)
     summary = {
         "stop_reason": result.state.stop_reason,
         "steps": result.state.step,

@@ -267,6 +267,14 @@ def check_compatible(
         )
 
 
+def validation_objective(model: PyroModel):
+    """What validation scores: the discrete objective summed out exactly (TraceEnum), unless the
+    model provides ``validation_estimator()`` (e.g. a Monte Carlo ELBO where K^L assignments
+    cannot be enumerated); either has ``value(model_fn, guide, x, y) -> float``."""
+    custom = getattr(model, "validation_estimator", None)
+    return custom() if custom else Enumerate(max_plate_nesting=model.max_plate_nesting)
+
+
 class Trainer:
     """The loop behind :func:`fit`; one instance trains one (model, guide, estimator) triple."""
 
@@ -294,7 +302,7 @@ class Trainer:
         self.data = data.to(self.device, dtype)
         self.optimizer = make_optimizer(model, guide, estimator, config)
         self.names = _param_names(model=model, guide=guide, estimator=estimator)
-        self.validator = Enumerate(max_plate_nesting=model.max_plate_nesting)
+        self.validator = validation_objective(model)
         self.monitor = config.monitor or model.monitor
         self.batch_size = config.batch_size or min(DEFAULT_BATCH_SIZE, len(data.train))
         self.state = TrainState()

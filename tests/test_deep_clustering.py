@@ -160,3 +160,48 @@ def test_deep_models_reject_bad_options():
         MODELS["dmvae"](2, likelihood="poisson")
     with pytest.raises(ConfigError, match="latent_dim"):
         MODELS["vae"](2, latent_dim=0)
+
+
+@pytest.mark.parametrize("name", ["vade", "dmvae"])
+def test_deep_models_train_on_spirals_to_their_floor(name):
+    # Measured (seed 0, this budget): accuracy about 0.47; the 0.99 target on 3-arm spirals
+    # is NOT reached (the models settle on one or two latent clusters). Floor: above chance (1/3).
+    from pyro_moe.models.vade import pretrain_and_init
+
+    spec = RunSpec(
+        model=name,
+        data="spirals",
+        data_options={"n": 300},
+        model_options={"num_components": 3, "latent_dim": 2, "hidden": "32-32"},
+    )
+    data, model, guide, est = build(spec)
+    pretrain_and_init(model, data.train.x, epochs=5, batch_size=60, lr=1e-2)
+    config = TrainConfig(epochs=4, batch_size=60, lr=3e-3, patience=None, progress=False)
+    fit(model, guide, est, data, config)
+    assert model.evaluate(data.test.x, data.test.y)["accuracy"] >= 0.40
+
+
+def test_pretraining_option_runs_the_recipe_in_from_data():
+    from pyro_moe.data import load_dataset
+
+    data = load_dataset("spirals", n=60)
+    options = {"num_components": 3, "latent_dim": 2, "hidden": "8"}
+    torch.manual_seed(0)
+    plain = MODELS["dmvae"].from_data(data, **options)
+    torch.manual_seed(0)
+    pretrained = MODELS["dmvae"].from_data(data, pretrain_epochs=2, **options)
+    assert not torch.equal(plain.prior_loc, pretrained.prior_loc)
+    assert pretrained.prior_loc.shape == (3, 2)
+    with pytest.raises(ConfigError, match="pretrain_epochs"):
+        MODELS["vade"].from_data(data, pretrain_epochs=-1)
+
+
+def test_dmvae_reads_a_relaxed_one_hot_cluster_through_select():
+    torch.manual_seed(0)
+    model = MODELS["dmvae"](3, num_components=3, latent_dim=2, hidden="8")
+    x = torch.randn(4, 3)
+    w = torch.softmax(torch.randn(4, 3), -1)  # a relaxed one-hot c, as Gumbel-softmax gives
+    trace = poutine.trace(poutine.do(model.model, {"cluster": w})).get_trace(x)
+    latent = trace.nodes["latent"]["fn"].base_dist
+    assert torch.allclose(latent.loc, w @ model.prior_loc)
+    assert torch.allclose(latent.scale, w @ model.prior_scale())

@@ -90,7 +90,7 @@ def file_id(path: Path) -> tuple[int, int] | None:
     return st.st_ino, st.st_mtime_ns
 
 
-def wait_for_new_checkpoint(process: subprocess.Popen, path: Path, timeout: float = 60) -> None:
+def wait_for_new_checkpoint(process: subprocess.Popen, path: Path, timeout: float = 300) -> None:
     """Until ``path`` is replaced (the process is training) or the process ends."""
     before, deadline = file_id(path), time.monotonic() + timeout
     while file_id(path) in (before, None) and process.poll() is None:
@@ -161,7 +161,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_bits(reference, tmp
         wait_for_new_checkpoint(process, out / "checkpoint.pt")
         time.sleep(rng.uniform(0.0, 0.5))
         process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
+        process.wait(timeout=300)
         state = load_checkpoint(out / "checkpoint.pt")["train_state"]
         if (out / "best.pt").exists():  # written after the first epoch
             load_checkpoint(out / "best.pt", required=("model", "guide"))
@@ -181,7 +181,7 @@ def test_sigterm_stops_after_a_step_with_a_checkpoint(reference, tmp_path):
     process = start(out, resume=False)
     wait_for_new_checkpoint(process, out / "checkpoint.pt")
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGTERM == 143
     assert err.startswith("pyro-moe: SIGTERM received: stopped after step ")
     assert len(err.strip().splitlines()) == 1 and "--resume" in err

@@ -17,6 +17,16 @@ BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 
 #: arguments that make each benchmark script finish in seconds
 BENCHMARK_SMOKE_ARGS = {
+    "estimators_binarized_mnist.py": [
+        "--limit",
+        "100",
+        "--epochs",
+        "1",
+        "--estimators",
+        "reinforce,st-gumbel",
+        "--test-particles",
+        "2",
+    ],
     "bishop_objectives.py": ["--epochs", "1"],
     "memory.py": ["--steps", "2", "--growth-steps", "12", "--growth-rows", "60", "--batches", "4"],
     "clustering_mnist.py": [
@@ -24,11 +34,20 @@ BENCHMARK_SMOKE_ARGS = {
         *("--pretrain-epochs", "1", "--epochs", "1", "--batch-size", "40"),
     ],
     "overhead.py": ["--steps", "2", "--mnist-steps", "1", "--mnist-batch", "4", "--warmup", "1"],
+    "mnist_experts.py": ["--limit", "200", "--epochs", "1"],
+    "table1_dvmoe.py": [
+        *("--epochs", "1", "--seeds", "1", "--n", "100", "--batch-size", "20", "--dims", "2"),
+    ],
 }
 #: environment that gives each notebook a small budget
 NOTEBOOK_SMOKE_ENV = {
     "deep_clustering.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "2"},
     "quickstart.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "3"},
+    "gradient_estimators.ipynb": {
+        "PYRO_MOE_NOTEBOOK_EPOCHS": "2",
+        "PYRO_MOE_NOTEBOOK_ESTIMATES": "16",
+    },
+    "dvmoe.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "1"},
 }
 
 

@@ -6,7 +6,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from pyro_moe.data import mnist, synthetic  # noqa: F401  (register the data sets)
+from pyro_moe.data import mnist, shells, synthetic  # noqa: F401  (register the data sets)
 from pyro_moe.data.base import TASKS, Dataset, Split, as_inputs, as_targets, load_npz, split_arrays
 from pyro_moe.errors import ConfigError, DataError, PyroMoeError
 from pyro_moe.registry import DATASETS

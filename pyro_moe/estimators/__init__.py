@@ -3,7 +3,17 @@
 ``ESTIMATORS[name](**options)`` builds one; see :mod:`pyro_moe.estimators.base` for the interface.
 """
 
-from pyro_moe.estimators import enum, reinforce  # noqa: F401  (register the estimators)
+from pyro_moe.estimators import (  # noqa: F401  (register the estimators)
+    concrete,
+    enum,
+    gumbel,
+    gumbel_rao,
+    nvil,
+    question,
+    reinforce,
+    rloo,
+    vimco,
+)
 from pyro_moe.estimators.base import Estimator, value_with_gradient_of
 from pyro_moe.registry import ESTIMATORS
 

@@ -1,0 +1,267 @@
+"""Relaxed one-hot gates: the distributions and the Pyro handler the relaxed estimators share.
+
+The handler :class:`RelaxCluster` replaces the ``cluster`` site's ``Categorical(logits)`` in the
+guide by a reparameterised relaxed one-hot vector w (``[..., K]``) and, in the model, by a density
+that scores it; the model body is unchanged because it reads c through ``pyro_moe.gate.select``,
+which accepts one-hot weights. Samples are drawn in log space (``ExpRelaxedCategorical``):
+
+    g_k ~ Gumbel(0, 1),   y = log_softmax((logits + g) / tau),   w = exp(y)
+
+Numerical care (tested in tests/test_relaxed.py): Pyro's ``RelaxedOneHotCategorical`` scores w
+through log(w), which underflows to -inf at low temperature (tau = 0.01 with logits +-50 gives a
+non-finite log_prob for every sample), and ``RelaxedOneHotCategoricalStraightThrough`` scores a
+replayed hard one-hot value as if it were the relaxed sample (log(0) again). Here the log-space
+sample y travels with w (``w.log_value``) and densities are evaluated on y, never on log(w).
+
+Value forms (``mode``):
+
+* ``soft``: w = exp(y) (Concrete / Gumbel-softmax, Maddison et al. 2017, Jang et al. 2017);
+* ``hard``: w = onehot(argmax y) + exp(y) - stop(exp(y)): exactly one-hot forward, relaxed
+  gradient backward (straight-through Gumbel, Jang et al. 2017);
+* ``rao``: forward as ``hard``; backward through the mean of ``num_samples`` relaxed samples drawn
+  from the Gumbels conditioned on the argmax (Gumbel-Rao, Paulus et al. 2020).
+
+References:
+    1. C. J. Maddison, A. Mnih, Y. W. Teh, "The Concrete Distribution", ICLR 2017.
+    2. E. Jang, S. Gu, B. Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
+    3. M. B. Paulus, C. J. Maddison, A. Krause, "Rao-Blackwellizing the Straight-Through
+       Gumbel-Softmax Gradient Estimator", ICLR 2021 (arXiv 2020).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pyro import distributions as dist
+from pyro.poutine.messenger import Messenger
+from torch.distributions import constraints
+from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
+
+from pyro_moe.errors import ConfigError
+from pyro_moe.estimators.sampled import CLUSTER, Costs, SampledEstimator
+from pyro_moe.estimators.temperature import Temperature
+
+MODES = ("soft", "hard", "rao")
+
+
+def gumbel_like(logits: torch.Tensor) -> torch.Tensor:
+    u = torch.rand_like(logits).clamp(torch.finfo(logits.dtype).tiny, 1 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+def conditional_gumbels(logits: torch.Tensor, index: torch.Tensor, m: int) -> torch.Tensor:
+    """``m`` draws of logits + Gumbel noise conditioned on argmax == ``index`` (Paulus et al.,
+    App. B, via exponential races): ``[m, ..., K]``, computed in log space."""
+    shape = (m,) + logits.shape
+    log_e = torch.log(torch.empty(shape, dtype=logits.dtype, device=logits.device).exponential_())
+    log_z = torch.logsumexp(logits, -1, keepdim=True)
+    top = F.one_hot(index, logits.shape[-1]).bool()
+    log_e_top = (log_e * top).sum(-1, keepdim=True)
+    top_value = log_z - log_e_top  # the max: Gumbel(logsumexp(logits))
+    others = -torch.logaddexp(log_e - logits, log_e_top - log_z)
+    return torch.where(top, top_value, others)
+
+
+class RelaxedGate(dist.TorchDistribution):
+    """Relaxed one-hot w with its log-space sample attached; ``log_prob`` is the ExpConcrete
+    density of that log-space sample (``density=False``: zero, for the guide side of the
+    analytic-KL estimators)."""
+
+    arg_constraints: dict[str, Any] = {}
+    support = constraints.simplex
+    has_rsample = True
+
+    def __init__(
+        self,
+        logits: torch.Tensor,
+        temperature: float,
+        mode: str = "soft",
+        density: bool = True,
+        num_samples: int = 1,
+    ) -> None:
+        self.logits = logits - logits.logsumexp(-1, keepdim=True)
+        self.temperature, self.form, self.density, self.num_samples = (
+            temperature,
+            mode,
+            density,
+            num_samples,
+        )
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=False)
+
+    def expand(self, batch_shape, _instance=None) -> RelaxedGate:
+        logits = self.logits.expand(torch.Size(batch_shape) + self.event_shape)
+        return RelaxedGate(logits, self.temperature, self.form, self.density, self.num_samples)
+
+    def _base(self) -> ExpRelaxedCategorical:
+        temperature = torch.tensor(self.temperature, dtype=self.logits.dtype)
+        return ExpRelaxedCategorical(temperature, logits=self.logits, validate_args=False)
+
+    def rsample(self, sample_shape=()) -> torch.Tensor:
+        logits = self.logits.expand(torch.Size(sample_shape) + self.logits.shape)
+        y = torch.log_softmax((logits + gumbel_like(logits)) / self.temperature, -1)
+        soft = y.exp()
+        if self.form == "soft":
+            w = soft
+        else:
+            hard = F.one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype)
+            if self.form == "rao":
+                perturbed = conditional_gumbels(logits, y.argmax(-1), self.num_samples)
+                soft = torch.softmax(perturbed / self.temperature, -1).mean(0)
+            w = hard + (soft - soft.detach())
+        w.log_value = y
+        return w
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if not self.density:
+            return value.new_zeros(torch.broadcast_shapes(value.shape[:-1], self.batch_shape))
+        log_value = getattr(value, "log_value", None)
+        if log_value is None:  # a value from elsewhere: only safe away from the simplex corners
+            log_value = value.clamp_min(torch.finfo(value.dtype).tiny).log()
+        return self._base().log_prob(log_value)
+
+
+class CategoricalKL(dist.TorchDistribution):
+    """Scores any value by -KL(q || p) between two categoricals: put in the model's ``cluster``
+    site, the ELBO's cluster terms become the analytic -KL (Jang et al.'s form)."""
+
+    arg_constraints: dict[str, Any] = {}
+    support = constraints.simplex
+    has_rsample = True
+
+    def __init__(self, prior_logits: torch.Tensor, posterior_logits: torch.Tensor) -> None:
+        shape = torch.broadcast_shapes(prior_logits.shape, posterior_logits.shape)
+        self.prior_logits = prior_logits.log_softmax(-1).expand(shape)
+        self.posterior_logits = posterior_logits.log_softmax(-1).expand(shape)
+        super().__init__(shape[:-1], shape[-1:], validate_args=False)
+
+    def expand(self, batch_shape, _instance=None) -> CategoricalKL:
+        shape = torch.Size(batch_shape) + self.event_shape
+        return CategoricalKL(self.prior_logits.expand(shape), self.posterior_logits.expand(shape))
+
+    def rsample(self, sample_shape=()) -> torch.Tensor:
+        raise ConfigError("the model's relaxed `cluster` site must replay the guide's value")
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        q = self.posterior_logits
+        kl = (q.exp() * (q - self.prior_logits)).sum(-1)
+        return -kl.expand(torch.broadcast_shapes(value.shape[:-1], kl.shape))
+
+
+class GumbelArgmax(dist.TorchDistribution):
+    """Categorical(logits) sampled by the Gumbel-max trick, c = argmax(logits + g); keeps the
+    relaxed weight of the chosen component beta_c = softmax((logits + g) / tau)_c in ``stash``
+    (for the estimator of seeds/003). ``log_prob`` is the categorical's."""
+
+    arg_constraints: dict[str, Any] = {}
+    support = constraints.nonnegative_integer
+    has_rsample = False
+
+    def __init__(self, logits: torch.Tensor, temperature: float, stash: dict) -> None:
+        self.logits = logits - logits.logsumexp(-1, keepdim=True)
+        self.temperature, self.stash = temperature, stash
+        super().__init__(logits.shape[:-1], torch.Size(), validate_args=False)
+
+    def expand(self, batch_shape, _instance=None) -> GumbelArgmax:
+        logits = self.logits.expand(torch.Size(batch_shape) + self.logits.shape[-1:])
+        return GumbelArgmax(logits, self.temperature, self.stash)
+
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        logits = self.logits.expand(torch.Size(sample_shape) + self.logits.shape)
+        scores = logits + gumbel_like(logits)
+        c = scores.argmax(-1)
+        beta = torch.softmax(scores / self.temperature, -1)
+        self.stash["beta"] = beta.gather(-1, c[..., None])[..., 0]
+        return c
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return dist.Categorical(logits=self.logits).log_prob(value)
+
+
+def categorical_logits(fn: Any) -> torch.Tensor:
+    logits = getattr(fn, "logits", None)
+    if logits is None:
+        raise ConfigError(
+            f"the `cluster` site must be a Categorical(logits=...); got {type(fn).__name__}"
+        )
+    return logits
+
+
+class RelaxCluster(Messenger):
+    """Swap the ``cluster`` site's distribution: ``make(logits, state)`` builds the new one. Two
+    instances share ``state`` (the guide's runs first and leaves its logits there)."""
+
+    def __init__(self, make, state: dict) -> None:
+        super().__init__()
+        self.make, self.state = make, state
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["name"] != CLUSTER:
+            return
+        if msg["is_observed"]:
+            raise ConfigError("relaxed estimators need an unobserved `cluster` site")
+        msg["fn"] = self.make(categorical_logits(msg["fn"]), self.state)
+
+
+class RelaxedEstimator(SampledEstimator):
+    """Base of the pathwise (reparameterised) relaxed estimators: value and surrogate are both
+    mean_s sum_n f, with f computed on the relaxed gate."""
+
+    unbiased = False
+    mode = "soft"
+
+    def __init__(
+        self,
+        *,
+        num_particles: int = 1,
+        max_plate_nesting: int = 1,
+        temperature: float = 1.0,
+        schedule: str = "constant",
+        rate: float = 1e-4,
+        tau_min: float = 0.5,
+    ) -> None:
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+        self.temperature = Temperature(temperature, schedule, rate, tau_min)
+
+    def advance(self, step: int) -> None:
+        self.temperature.advance(step)
+
+    def guide_site(self, logits: torch.Tensor, state: dict) -> dist.TorchDistribution:
+        state["posterior_logits"] = logits
+        return RelaxedGate(logits, self.temperature(), self.mode, density=False)
+
+    def model_site(self, logits: torch.Tensor, state: dict) -> dist.TorchDistribution:
+        return CategoricalKL(logits, state["posterior_logits"])
+
+    def handler(self):
+        state: dict = {}
+        guide_handler = RelaxCluster(self.guide_site, state)
+        model_handler = RelaxCluster(self.model_site, state)
+        return model_handler, guide_handler
+
+    def objective(self, costs: Costs, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        value = costs.f.sum(-1).mean(-1)
+        return value, value
+
+    def extra_repr(self) -> str:
+        return f"num_particles={self.num_particles}, mode={self.mode}"
+
+
+def check_samples(num_samples: int) -> int:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ConfigError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    return num_samples
+
+
+__all__ = [
+    "MODES",
+    "CategoricalKL",
+    "GumbelArgmax",
+    "RelaxCluster",
+    "RelaxedEstimator",
+    "RelaxedGate",
+    "check_samples",
+    "conditional_gumbels",
+    "gumbel_like",
+]

@@ -1,0 +1,182 @@
+"""The machinery shared by the sampling estimators: many estimates in one vectorised pass.
+
+A :class:`SampledEstimator` runs the guide and then the model (replaying the guide's values) inside
+two plates to the left of the model's own plates::
+
+    estimates  (size E, dim -(max_plate_nesting + 2))   independent gradient estimates
+    particles  (size S, dim -(max_plate_nesting + 1))   the S samples one estimate uses
+
+and reduces every site's (scaled) log-density to one cost per data point,
+
+    f[e, s, n] = sum_{model sites} log p - sum_{guide sites} log q        (point n's ELBO term)
+
+plus ``logq[e, s, n]`` = log q(c_n) of the guide's ``cluster`` site (the score). Sites outside the
+``data`` plate are spread evenly over the points of the batch. Subclasses turn ``f`` and ``logq``
+into a value and a surrogate per estimate; :meth:`SampledEstimator.estimate_losses` returns the
+``E`` losses ``-value`` with the surrogate's gradient, so that the variance harness obtains E
+independent gradients from one forward pass, and :meth:`SampledEstimator.loss` is the ``E = 1``
+case the trainer uses.
+
+An optional Pyro handler (:meth:`SampledEstimator.handler`) is applied to both the guide and the
+model; the relaxed estimators use it to turn the ``cluster`` site into a relaxed one-hot vector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+
+from pyro_moe.errors import ConfigError
+from pyro_moe.estimators.base import Estimator, value_with_gradient_of
+
+ESTIMATES = "estimates_vectorized"
+PARTICLES = "num_particles_vectorized"
+DATA = "data"
+CLUSTER = "cluster"
+
+
+@dataclass
+class Costs:
+    """Per-point terms of one vectorised run: every tensor is ``[E, S, N]``."""
+
+    f: torch.Tensor  # log p - log q per data point (scaled by the data plate)
+    logq: torch.Tensor  # log q(cluster) per data point, not scaled
+    scale: float  # the data plate's scale num_data / batch size
+    guide_trace: Any
+    model_trace: Any
+
+
+def _in_plates(fn, num_estimates: int, num_particles: int, nesting: int):
+    def wrapped(*args, **kwargs):
+        with (
+            pyro.plate(ESTIMATES, num_estimates, dim=-(nesting + 2)),
+            pyro.plate(PARTICLES, num_particles, dim=-(nesting + 1)),
+        ):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def run_traces(
+    model, guide, args, kwargs, num_estimates: int, num_particles: int, nesting: int, handler=None
+):
+    """Trace the guide, then the model replaying it, inside the estimates/particles plates."""
+    if handler is not None:  # (model handler, guide handler)
+        model, guide = handler[0](model), handler[1](guide)
+    guide_trace = poutine.trace(_in_plates(guide, num_estimates, num_particles, nesting)).get_trace(
+        *args, **kwargs
+    )
+    replayed = poutine.replay(
+        _in_plates(model, num_estimates, num_particles, nesting), trace=guide_trace
+    )
+    model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+    return model_trace, guide_trace
+
+
+def _in_data_plate(site: dict) -> bool:
+    return any(frame.name == DATA for frame in site["cond_indep_stack"])
+
+
+def _point_terms(site: dict, nesting: int, key: str = "log_prob") -> torch.Tensor:
+    """A site's log-density summed to ``[E, S, N]`` (or ``[E, S, 1]`` outside the data plate)."""
+    lp = site[key]
+    while lp.dim() < nesting + 2:
+        lp = lp.unsqueeze(0)
+    if _in_data_plate(site):
+        return lp.sum(dim=tuple(range(2, lp.dim() - 1))) if lp.dim() > 3 else lp
+    return lp.sum(dim=tuple(range(2, lp.dim())), keepdim=False).unsqueeze(-1)
+
+
+def _sample_sites(trace):
+    return [
+        s
+        for name, s in trace.nodes.items()
+        if s["type"] == "sample" and name not in (ESTIMATES, PARTICLES)
+    ]
+
+
+def point_costs(model_trace, guide_trace, nesting: int) -> Costs:
+    """Reduce two traces to per-point costs (see the module docstring)."""
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    data_terms, global_terms, batch = [], [], None
+    for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
+        for site in _sample_sites(trace):
+            term = sign * _point_terms(site, nesting)
+            if _in_data_plate(site):
+                data_terms.append(term)
+                batch = term.shape[-1]
+            else:
+                global_terms.append(term)
+    if batch is None or CLUSTER not in guide_trace.nodes:
+        raise ConfigError("a sampling estimator needs a `cluster` site in the guide's data plate")
+    f = sum(data_terms) + sum(global_terms) / batch if global_terms else sum(data_terms)
+    site = guide_trace.nodes[CLUSTER]
+    logq = _point_terms(site, nesting, "unscaled_log_prob")
+    scale = float(site["scale"]) if not torch.is_tensor(site["scale"]) else site["scale"].item()
+    return Costs(f.expand(logq.shape[:2] + (batch,)), logq, scale, guide_trace, model_trace)
+
+
+class SampledEstimator(Estimator):
+    """Base class of the estimators built on :func:`point_costs`; subclasses define
+    :meth:`objective` (value and surrogate per estimate) and optionally :meth:`handler`."""
+
+    #: the fewest particles the estimator works with
+    min_particles: int = 1
+
+    def __init__(self, *, num_particles: int = 1, max_plate_nesting: int = 1) -> None:
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+        if num_particles < self.min_particles:
+            raise ConfigError(
+                f"estimator {self.name!r} needs num_particles >= {self.min_particles}, "
+                f"got {num_particles}"
+            )
+
+    def handler(self):
+        """A pair of callables ``fn -> fn`` applied to the model and to the guide (None: run
+        them as they are); built afresh for every run, so they may share per-run state."""
+        return None
+
+    def costs(self, model, guide, num_estimates: int, *args: Any, **kwargs: Any) -> Costs:
+        model_trace, guide_trace = run_traces(
+            model,
+            guide,
+            args,
+            kwargs,
+            num_estimates,
+            self.num_particles,
+            self.max_plate_nesting,
+            self.handler(),
+        )
+        return point_costs(model_trace, guide_trace, self.max_plate_nesting)
+
+    def objective(self, costs: Costs, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(value, surrogate), each ``[E]``: the objective estimate and a function whose gradient
+        is the estimator's gradient estimate."""
+        raise NotImplementedError
+
+    def estimate_losses(
+        self, model, guide, num_estimates: int, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """``[E]`` independent losses (``-value`` carrying the surrogate's gradient)."""
+        costs = self.costs(model, guide, num_estimates, *args, **kwargs)
+        value, surrogate = self.objective(costs, *args)
+        return value_with_gradient_of(-value, -surrogate)
+
+    def loss(self, model, guide, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.estimate_losses(model, guide, 1, *args, **kwargs)[0]
+
+
+def score_surrogate(costs: Costs, baseline: torch.Tensor | float) -> tuple[torch.Tensor, ...]:
+    """The score-function value and surrogate per estimate for a baseline ``b`` (``[E, S, N]``):
+
+    value = mean_s sum_n f,   surrogate = mean_s sum_n [f + stop(f - b) log q(c_n)].
+    """
+    f, logq = costs.f, costs.logq
+    value = f.sum(-1).mean(-1)
+    surrogate = (f + (f - baseline).detach() * logq).sum(-1).mean(-1)  # f carries the scale
+    return value, surrogate

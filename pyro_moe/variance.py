@@ -1,0 +1,298 @@
+"""The gradient-variance harness: many gradient estimates per estimator, measured per parameter
+group against the exact gradient of the discrete objective.
+
+For a model, guide, batch and parameter state, each estimator draws ``E`` independent gradient
+estimates G_1..G_E; the exact gradient g is that of the same ELBO with the ``cluster`` site summed
+out by ``TraceEnum_ELBO`` (the ``enum`` estimator with the same guide). Per parameter group (gate,
+experts, encoder, ... see :func:`parameter_groups`) the table reports
+
+    bias        ||mean_e G_e - g||               (bias_noise = sqrt(variance / E) is what an
+                                                  unbiased estimator shows from noise alone)
+    rel_bias    bias / ||g||
+    variance    trace Cov(G) = sum_j Var(G_j)
+    snr         mean_j |mean_e G_ej| / std_e(G_ej)   over coordinates with std > 0
+    cosine      mean_e cos(G_e, g)               (how well one step points uphill)
+    seconds     wall seconds per estimate
+    work_variance   variance x seconds           (variance at a fixed compute budget)
+
+Estimates are vectorised where the estimator allows: one forward pass with an ``estimates`` plate
+of size E (:meth:`~pyro_moe.estimators.sampled.SampledEstimator.estimate_losses`), then one
+batched backward ``torch.autograd.grad(losses, params, grad_outputs=eye(E),
+is_grads_batched=True)`` in chunks of 64 (the batched backward costs grow with
+chunk x E). ``vectorize=False`` (or an estimator without ``estimate_losses``) uses a
+Python loop of single estimates, each with its own forward and backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pyro_moe.errors import ConfigError
+from pyro_moe.estimators.base import Estimator
+from pyro_moe.estimators.enum import Enumerate
+
+#: the columns of a harness table, in order
+COLUMNS = (
+    "estimator",
+    "group",
+    "num_estimates",
+    "bias",
+    "bias_noise",
+    "rel_bias",
+    "variance",
+    "snr",
+    "cosine",
+    "seconds",
+    "work_variance",
+)
+
+
+def parameter_groups(model: nn.Module, guide: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Named groups of trainable parameters: a model may define ``parameter_group(name)``;
+    otherwise ``gate*`` -> gate, ``experts*``/``raw_scale`` -> experts, other model parameters ->
+    model, and the guide's own networks -> encoder."""
+    groups: dict[str, list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    rule = getattr(model, "parameter_group", None) or _default_group
+    for name, p in model.named_parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            groups.setdefault(rule(name), []).append(p)
+    for p in guide.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            groups.setdefault("encoder", []).append(p)
+    return groups
+
+
+def _default_group(name: str) -> str:
+    if name.startswith("gate"):
+        return "gate"
+    if name.startswith(("experts", "raw_scale")):
+        return "experts"
+    return "model"
+
+
+def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[nn.Parameter]) -> torch.Tensor:
+    parts = [
+        (torch.zeros_like(p) if g is None else g).reshape(-1)
+        for g, p in zip(grads, params, strict=True)
+    ]
+    return torch.cat(parts)
+
+
+def exact_gradient(model, guide, args: Sequence[Any], params: Sequence[nn.Parameter]):
+    """Gradient of the negative ELBO with ``cluster`` summed out (TraceEnum_ELBO): ``[P]``."""
+    loss = Enumerate(max_plate_nesting=model.max_plate_nesting).loss(model.model, guide, *args)
+    return _flat(torch.autograd.grad(loss, params, allow_unused=True), params)
+
+
+def gradient_samples(
+    estimator: Estimator,
+    model,
+    guide,
+    args: Sequence[Any],
+    params: Sequence[nn.Parameter],
+    num_estimates: int,
+    vectorize: bool = True,
+    chunk: int = 64,
+) -> torch.Tensor:
+    """``num_estimates`` independent gradient estimates of the negative objective: ``[E, P]``."""
+    if num_estimates < 2:
+        raise ConfigError(f"the harness needs at least 2 estimates, got {num_estimates}")
+    if vectorize and hasattr(estimator, "estimate_losses"):
+        out, left = [], num_estimates
+        while left > 0:
+            n = min(chunk, left)
+            out.append(_batched(estimator, model, guide, args, params, n))
+            left -= n
+        return torch.cat(out)
+    return torch.stack(
+        [_single(estimator, model, guide, args, params) for _ in range(num_estimates)]
+    )
+
+
+def _single(estimator, model, guide, args, params) -> torch.Tensor:
+    loss = estimator.loss(model.model, guide, *args)
+    return _flat(torch.autograd.grad(loss, params, allow_unused=True), params)
+
+
+def _batched(estimator, model, guide, args, params, n: int) -> torch.Tensor:
+    losses = estimator.estimate_losses(model.model, guide, n, *args)
+    eye = torch.eye(n, dtype=losses.dtype, device=losses.device)
+    try:
+        grads = torch.autograd.grad(
+            losses, params, grad_outputs=eye, is_grads_batched=True, allow_unused=True
+        )
+    except RuntimeError:  # an op without a batching rule: one backward per estimate instead
+        rows = [
+            _flat(
+                torch.autograd.grad(losses[i], params, retain_graph=True, allow_unused=True), params
+            )
+            for i in range(n)
+        ]
+        return torch.stack(rows)
+    parts = [
+        (torch.zeros((n,) + p.shape, dtype=p.dtype, device=p.device) if g is None else g).reshape(
+            n, -1
+        )
+        for g, p in zip(grads, params, strict=True)
+    ]
+    return torch.cat(parts, 1)
+
+
+def summarize(samples: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
+    """The statistics of the module docstring for estimates ``[E, P]`` against ``exact`` ``[P]``."""
+    e = samples.shape[0]
+    mean = samples.mean(0)
+    var = samples.var(0)
+    variance = var.sum().item()
+    bias = (mean - exact).norm().item()
+    std = var.sqrt()
+    live = std > 1e-12 * (1 + mean.abs())
+    snr = (mean[live].abs() / std[live]).mean().item() if live.any() else math.inf
+    cos = torch.nn.functional.cosine_similarity(samples, exact.expand_as(samples), dim=1, eps=1e-30)
+    norm = exact.norm().item()
+    return {
+        "num_estimates": e,
+        "bias": bias,
+        "bias_noise": math.sqrt(variance / e),
+        "rel_bias": bias / norm if norm > 0 else math.nan,
+        "variance": variance,
+        "snr": snr,
+        "cosine": cos.mean().item(),
+    }
+
+
+@dataclass
+class Measurement:
+    """Estimates of one estimator, flattened over all groups, with the exact gradient."""
+
+    samples: torch.Tensor  # [E, P]
+    exact: torch.Tensor  # [P]
+    slices: dict[str, slice]
+    seconds: float  # per estimate
+
+
+def measure(
+    estimator: Estimator,
+    model,
+    guide,
+    args: Sequence[Any],
+    num_estimates: int = 1000,
+    vectorize: bool = True,
+    groups: dict[str, list[nn.Parameter]] | None = None,
+) -> Measurement:
+    """Draw the estimates and the exact gradient for every group's parameters."""
+    groups = groups or parameter_groups(model, guide)
+    params = [p for ps in groups.values() for p in ps]
+    slices, start = {}, 0
+    for name, ps in groups.items():
+        size = sum(p.numel() for p in ps)
+        slices[name] = slice(start, start + size)
+        start += size
+    exact = exact_gradient(model, guide, args, params)
+    began = time.perf_counter()
+    samples = gradient_samples(estimator, model, guide, args, params, num_estimates, vectorize)
+    seconds = (time.perf_counter() - began) / num_estimates
+    return Measurement(samples.detach(), exact.detach(), slices, seconds)
+
+
+def rows_of(name: str, m: Measurement) -> list[dict[str, Any]]:
+    """Table rows (one per group, plus ``all``) of a measurement."""
+    rows = []
+    for group, sl in {**m.slices, "all": slice(None)}.items():
+        stats = summarize(m.samples[:, sl], m.exact[sl])
+        rows.append(
+            {
+                "estimator": name,
+                "group": group,
+                **stats,
+                "seconds": m.seconds,
+                "work_variance": stats["variance"] * m.seconds,
+            }
+        )
+    return rows
+
+
+def compare(
+    estimators: dict[str, Estimator] | Iterable[tuple[str, Estimator]],
+    model,
+    guide,
+    args: Sequence[Any],
+    num_estimates: int = 1000,
+    vectorize: bool = True,
+    seed: int | None = 0,
+) -> list[dict[str, Any]]:
+    """The harness table: rows per estimator x parameter group (see :data:`COLUMNS`)."""
+    items = estimators.items() if isinstance(estimators, dict) else estimators
+    rows: list[dict[str, Any]] = []
+    for name, estimator in items:
+        estimator.check(guide)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            m = measure(estimator, model, guide, args, num_estimates, vectorize)
+        rows.extend(rows_of(name, m))
+    return rows
+
+
+def training_callback(
+    batch: Callable[[Any], Sequence[Any]] | None = None,
+    num_estimates: int = 200,
+    vectorize: bool = True,
+    seed: int = 0,
+    store: list[dict[str, Any]] | None = None,
+) -> Callable[[Any], dict[str, Any]]:
+    """A :func:`~pyro_moe.train.fit` callback measuring the trainer's own estimator after every
+    epoch on a fixed batch (default: the first 256 validation rows). It adds columns
+    ``{group}_{variance,snr,bias,cosine}`` to the metrics row and appends full rows (with
+    ``epoch`` and ``step``) to ``store``. The global RNG is left untouched (resume stays exact)."""
+
+    def callback(trainer) -> dict[str, Any]:
+        args = batch(trainer) if batch is not None else _valid_batch(trainer)
+        rows = compare(
+            [(trainer.estimator.name, trainer.estimator)],
+            trainer.model,
+            trainer.guide,
+            args,
+            num_estimates,
+            vectorize,
+            seed,
+        )
+        columns = {}
+        for row in rows:
+            for key in ("variance", "snr", "bias", "cosine"):
+                columns[f"{row['group']}_{key}"] = row[key]
+            if store is not None:
+                store.append({"epoch": trainer.state.epoch, "step": trainer.state.step, **row})
+        return columns
+
+    return callback
+
+
+def _valid_batch(trainer) -> tuple[Any, ...]:
+    split = trainer.data.valid
+    n = min(256, len(split))
+    return (split.x[:n], None if split.y is None else split.y[:n])
+
+
+def markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
+    """A harness table as markdown (numbers to 4 significant digits)."""
+    head = "| " + " | ".join(columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join([head, rule, *body])
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
