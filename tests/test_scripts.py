@@ -28,6 +28,7 @@ BENCHMARK_SMOKE_ARGS = {
         "2",
     ],
     "bishop_objectives.py": ["--epochs", "1"],
+    "harness_speed.py": ["--estimates", "4", "--chunk", "2", "--estimators", "rloo,gumbel"],
     "memory.py": ["--steps", "2", "--growth-steps", "12", "--growth-rows", "60", "--batches", "4"],
     "clustering_mnist.py": [
         *("--data", "digits", "--limit", "200", "--hidden", "16", "--latent-dim", "4"),
