@@ -29,6 +29,7 @@ class NoGuide(PyroGuide):
     """No guide site for `cluster`: `enum` sums the gate out in the model (exact log p(y|x))."""
 
     samples_cluster = False
+    is_empty = True
 
     def forward(self, x, y=None, num_data=None):
         return None

@@ -2,7 +2,7 @@
 
 Both sample z ~ q(z|x) = N(loc(x), diag(scale(x)^2)) first (the model's encoder), then c:
 
-* ``vade``: q(c|x) = p(c|z) at the sampled z, log pi_k + log N(z; mu_k, sigma_k^2) normalised
+* ``vade-moe``: q(c|x) = p(c|z) at the sampled z, log pi_k + log N(z; mu_k, sigma_k^2) normalised
   (VaDE, Jiang et al. 2017; seeds/000 sec. 3 and 5);
 * ``dvmoe``: q(c|x) = the DMVAE's own encoder, the model's gate g(x) (seeds/000 sec. 6-7).
 
@@ -28,7 +28,7 @@ class _LatentGuide(PyroGuide):
         return pyro.sample("latent", dist.Normal(loc, scale).to_event(1))
 
 
-@GUIDES.register("vade")
+@GUIDES.register("vade-moe")
 class VadeGuide(_LatentGuide):
     """z ~ q(z|x), then q(c|x) = p(c|z) at that z (VaDE's approximation)."""
 

@@ -1,6 +1,13 @@
 """Model families, registered by name in :data:`pyro_moe.registry.MODELS`."""
 
-from pyro_moe.models import moe, vae_moe  # noqa: F401  (register the models)
+from pyro_moe.models import (  # noqa: F401  (register the models)
+    dmvae,
+    gmm,
+    moe,
+    vade,
+    vae,
+    vae_moe,
+)
 
 from pyro_moe.registry import MODELS
 

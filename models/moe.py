@@ -48,6 +48,7 @@ from pyro_moe.errors import ConfigError
 from pyro_moe.gate import select
 from pyro_moe.nn import BatchedLinear, BatchedMLP, mlp
 from pyro_moe.registry import MODELS
+from pyro_moe.validation import check_int, check_number
 
 NETWORKS = ("linear", "mlp")
 
@@ -99,8 +100,8 @@ class MixtureOfExperts(PyroModel):
         _check_choice("task", task, self.tasks)
         _check_choice("gate", gate, NETWORKS)
         _check_choice("expert", expert, NETWORKS)
-        if min_scale <= 0:
-            raise ConfigError(f"min_scale must be > 0, got {min_scale}")
+        check_int("hidden_dim", hidden_dim)
+        check_number("min_scale", min_scale)
         self.task, self.num_components = task, k
         self.input_dim, self.output_dim = input_dim, output_dim
         self.min_scale = min_scale

@@ -8,7 +8,7 @@ estimator for the discrete gate side by side.
 
 from pyro_moe import data, estimators, guides, models  # noqa: F401  (fill the registries)
 from pyro_moe.data import load_dataset
-from pyro_moe.errors import PyroMoeError
+from pyro_moe.errors import NonFiniteError, PyroMoeError, TrainingInterrupted
 from pyro_moe.experiment import RunSpec, build, run_experiment
 from pyro_moe.gate import select
 from pyro_moe.registry import DATASETS, ESTIMATORS, GUIDES, MODELS
@@ -22,9 +22,11 @@ __all__ = [
     "GUIDES",
     "MODELS",
     "FitResult",
+    "NonFiniteError",
     "PyroMoeError",
     "RunSpec",
     "TrainConfig",
+    "TrainingInterrupted",
     "build",
     "fit",
     "load_dataset",

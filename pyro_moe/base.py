@@ -105,6 +105,8 @@ class PyroGuide(nn.Module):
     pyro_name: ClassVar[str] = "guide"
     #: whether the guide samples the ``cluster`` site (False: the model's gate is summed out)
     samples_cluster: ClassVar[bool] = True
+    #: whether the guide has no sample sites at all (``enum`` may then skip running it)
+    is_empty: ClassVar[bool] = False
     #: model classes this guide fits (empty: any)
     model_types: ClassVar[tuple[type, ...]] = ()
 

@@ -5,6 +5,8 @@
     pyro-moe evaluate RUN_DIR
 
 Errors a user can cause print one line, ``pyro-moe: error: ...``, and exit with status 2.
+SIGINT / SIGTERM during training finish the step, write a checkpoint, print one line and exit
+with status 130 / 143 (``--resume`` continues the run exactly).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pyro_moe.errors import ConfigError, PyroMoeError
+from pyro_moe.errors import ConfigError, PyroMoeError, TrainingInterrupted
 
 TRAIN_OPTIONS = (
     "epochs",
@@ -28,6 +30,9 @@ TRAIN_OPTIONS = (
     "seed",
     "max_steps",
     "device",
+    "checkpoint_every",
+    "max_nonfinite_skips",
+    "distributed",
 )
 
 
@@ -94,6 +99,14 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu or cuda")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        default=None,
+        help="one process of a data-parallel job: torchrun --nproc-per-node N -m pyro_moe.cli "
+        "train ... --distributed",
+    )
+    _add_reliability_options(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
         "--overwrite",
@@ -102,6 +115,21 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_reliability_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="STEPS",
+        help="also write a checkpoint every STEPS steps (default: after each epoch only)",
+    )
+    p.add_argument(
+        "--max-nonfinite-skips",
+        type=int,
+        metavar="N",
+        help="skip up to N steps with a NaN/inf loss or gradient before stopping (default 0)",
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -163,11 +191,27 @@ def cmd_train(args: argparse.Namespace) -> int:
             seed=overrides.get("seed", 0),
         )
         config = TrainConfig(**overrides)
-        if args.overwrite:
+        if args.overwrite and _is_main_process(config):
             RunFolder(args.out).clear()
-    result = run_experiment(spec, config, args.out, resume=args.resume, figures=not args.no_figures)
-    _print_summary(result)
+    out = args.out if _is_main_process(config) else None  # only rank 0 writes
+    result = run_experiment(spec, config, out, resume=args.resume, figures=not args.no_figures)
+    if out is not None:
+        _print_summary(result)
+    if config.distributed:
+        from pyro_moe import distributed
+
+        distributed.shutdown()
     return 0
+
+
+def _is_main_process(config: Any) -> bool:
+    """True unless this is a non-zero rank of a ``--distributed`` job (joins its group)."""
+    if not config.distributed:
+        return True
+    from pyro_moe import distributed
+
+    distributed.init(config.device)
+    return distributed.is_main_process()
 
 
 def _print_summary(result: Any) -> None:
@@ -200,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PyroMoeError as e:
         print(f"pyro-moe: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        print(f"pyro-moe: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("pyro-moe: interrupted", file=sys.stderr)
         return 130

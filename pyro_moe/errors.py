@@ -29,3 +29,29 @@ class CheckpointError(PyroMoeError):
 
 class TrainingError(PyroMoeError, RuntimeError):
     """Training cannot go on (non-finite loss or gradient); the last good checkpoint is kept."""
+
+
+class NonFiniteError(TrainingError):
+    """A NaN / inf loss or gradient: ``step``, and the ``site`` or ``parameter`` it came from."""
+
+    def __init__(
+        self, message: str, step: int, site: str | None = None, parameter: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.step, self.site, self.parameter = step, site, parameter
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT / SIGTERM stopped training after a step; a checkpoint was written first.
+
+    Not a :class:`PyroMoeError` (nothing was wrong with the input): the CLI exits with
+    128 + the signal number (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, message: str, signum: int, step: int) -> None:
+        super().__init__(message)
+        self.signum, self.step = signum, step
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

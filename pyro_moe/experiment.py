@@ -22,7 +22,7 @@ import pyro_moe.models  # noqa: F401  (fills MODELS)
 from pyro_moe.base import PyroGuide, PyroModel
 from pyro_moe.checkpoint import load_checkpoint
 from pyro_moe.data import Dataset, load_dataset
-from pyro_moe.errors import CheckpointError, ConfigError
+from pyro_moe.errors import CheckpointError, ConfigError, PyroMoeError
 from pyro_moe.estimators.base import Estimator
 from pyro_moe.registry import ESTIMATORS, GUIDES, MODELS
 from pyro_moe.runs import RunFolder
@@ -66,6 +66,18 @@ def build_estimator(name: str, model: PyroModel, **options: Any) -> Estimator:
         raise ConfigError(f"estimator {name!r}: {e}") from None
 
 
+def build_model(name: str, data: Dataset, **options: Any) -> PyroModel:
+    """``MODELS[name].from_data(data, **options)``; an option value the model cannot use (a
+    string where a number belongs, a negative width) is a :class:`ConfigError` naming it."""
+    model_class = MODELS[name]
+    try:
+        return model_class.from_data(data, **options)
+    except PyroMoeError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"model {name!r} cannot be built with options {options}: {e}") from None
+
+
 def build(
     spec: RunSpec, data: Dataset | None = None
 ) -> tuple[Dataset, PyroModel, PyroGuide, Estimator]:
@@ -74,7 +86,7 @@ def build(
         data if data is not None else load_dataset(spec.data, seed=spec.seed, **spec.data_options)
     )
     torch.manual_seed(spec.seed)
-    model = MODELS[spec.model].from_data(data, **spec.model_options)
+    model = build_model(spec.model, data, **spec.model_options)
     guide = GUIDES[guide_name(spec)](model)
     estimator = build_estimator(spec.estimator, model, **spec.estimator_options)
     estimator.check(guide)

@@ -18,11 +18,23 @@ expert's output with ``select(values, c)``. Under different estimators ``c`` arr
 
 For a one-hot ``w`` both forms agree exactly, so a straight-through estimator's forward pass equals
 the discrete model's.
+
+When ``c`` is a whole enumerated support ``arange(K)`` shaped ``[K, 1, ..., 1]`` and marked with
+:func:`mark_support` (the collapsed ``enum`` path does this), the selection is a free
+``movedim`` of the component axis instead of a ``gather``.
 """
 
 from __future__ import annotations
 
 import torch
+
+_SUPPORT_MARK = "_pyro_moe_enumerated_support"
+
+
+def mark_support(c: torch.Tensor) -> torch.Tensor:
+    """Mark ``c = arange(K).reshape(K, 1, ..., 1)`` as a whole support (see :func:`select`)."""
+    setattr(c, _SUPPORT_MARK, True)
+    return c
 
 
 def select(values: torch.Tensor, c: torch.Tensor, event_dim: int = 0) -> torch.Tensor:
@@ -46,7 +58,19 @@ def select(values: torch.Tensor, c: torch.Tensor, event_dim: int = 0) -> torch.T
     num_components = values.shape[component_axis]
     if c.is_floating_point():
         return _weighted(values, c, event_dim, num_components)
+    if getattr(c, _SUPPORT_MARK, False) and _fits_support(values, c, component_axis):
+        return _moved(values, c, component_axis)
     return _indexed(values, c, event_dim, component_axis)
+
+
+def _fits_support(values: torch.Tensor, c: torch.Tensor, axis: int) -> bool:
+    return c.shape[0] == values.shape[axis] and c.dim() - 1 >= axis and c.numel() == c.shape[0]
+
+
+def _moved(values: torch.Tensor, c: torch.Tensor, axis: int) -> torch.Tensor:
+    """``values[..., k, ...]`` for every k, with k moved to c's (leftmost) dim."""
+    shape = (c.shape[0],) + (1,) * (c.dim() - 1 - axis) + values.shape[:axis]
+    return values.movedim(axis, 0).reshape(shape + values.shape[axis + 1 :])
 
 
 def _weighted(values: torch.Tensor, w: torch.Tensor, event_dim: int, k: int) -> torch.Tensor:

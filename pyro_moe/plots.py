@@ -131,6 +131,10 @@ def save_run_figures(run: Any, model: Any, data: Dataset, history: list[dict[str
         and hasattr(model, "gate_logits")
     ):
         figures["fit"] = plot_regression_run(model, data)
+    if hasattr(model, "predict_cluster"):
+        from pyro_moe.cluster_plots import cluster_figures
+
+        figures.update(cluster_figures(model, data))
     paths = []
     for name, fig in figures.items():
         path = run.figure(name)

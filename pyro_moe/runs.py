@@ -72,6 +72,12 @@ class RunFolder:
         for figure in self.path.glob("*.png"):
             figure.unlink()
 
+    def remove_temporaries(self) -> None:
+        """Delete temporary files left by a write that a crash interrupted (``.NAME.*.tmp``)."""
+        if self.path.is_dir():
+            for tmp in self.path.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
     def write_json(self, path: Path, obj: Any) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, obj)

@@ -11,6 +11,16 @@ improved for ``patience`` epochs.
 A checkpoint holds everything an exact resume needs: model, guide and estimator state, Adam's
 state, the non-module entries of Pyro's param store, the loop's counters and early-stopping
 state, and every RNG state. Resuming replays the rest of the run bit for bit.
+
+Faults (see the README's Reliability section):
+
+* ``checkpoint_every``: also checkpoint every that many steps, so a killed process loses little.
+* SIGINT / SIGTERM (:mod:`pyro_moe.signals`): the step in progress finishes, a checkpoint is
+  written, and :class:`~pyro_moe.errors.TrainingInterrupted` is raised.
+* A NaN / inf loss or gradient (:mod:`pyro_moe.nonfinite`): the step is not applied, and
+  :class:`~pyro_moe.errors.NonFiniteError` names the step, the parameters and the sites involved,
+  leaving the last good checkpoint in place; with ``max_nonfinite_skips`` up to that many such
+  steps are skipped (with a :class:`NonFiniteStepWarning`) before it is raised.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import copy
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -33,10 +44,25 @@ from tqdm.auto import tqdm
 from pyro_moe.base import PyroGuide, PyroModel
 from pyro_moe.checkpoint import load_checkpoint, save_checkpoint
 from pyro_moe.data.base import Dataset, Split
-from pyro_moe.errors import CheckpointError, ConfigError, DataError, TrainingError
+from pyro_moe.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NonFiniteError,
+    TrainingInterrupted,
+    UnknownNameError,
+)
 from pyro_moe.estimators.base import Estimator
 from pyro_moe.estimators.enum import Enumerate
+from pyro_moe.nonfinite import (
+    describe,
+    is_invalid_parameter_error,
+    nonfinite_sites,
+    nonfinite_tensors,
+)
 from pyro_moe.runs import RunFolder, versions
+from pyro_moe.signals import StopRequest, stop_on_signals
+from pyro_moe.validation import check_bool, check_dataset, check_int, check_number, check_str
 
 #: metrics for which a larger value is better (by name suffix); everything else is minimised
 HIGHER_IS_BETTER = ("accuracy", "nmi", "ari", "elbo", "log_likelihood")
@@ -44,6 +70,10 @@ DEFAULT_BATCH_SIZE = 128
 
 
 Callback = Callable[["Trainer"], "dict[str, Any] | None"]
+
+
+class NonFiniteStepWarning(RuntimeWarning):
+    """A step with a NaN / inf loss or gradient was skipped (``max_nonfinite_skips``)."""
 
 
 @dataclass(frozen=True)
@@ -64,27 +94,29 @@ class TrainConfig:
     eval_batch_size: int = 4096
     progress: bool | None = None
     device: str = "cpu"
+    distributed: bool = False  # one rank of a torchrun job (see pyro_moe.distributed)
+    checkpoint_every: int | None = None  # steps between checkpoints (None: every epoch only)
+    max_nonfinite_skips: int = 0  # NaN/inf steps to skip (and warn about) before stopping
 
     def __post_init__(self) -> None:
-        positive_ints = {"epochs": self.epochs, "eval_batch_size": self.eval_batch_size}
-        optional_ints = {
-            "patience": self.patience,
-            "max_steps": self.max_steps,
-            "batch_size": self.batch_size,
-        }
-        for name, value in {**positive_ints, **optional_ints}.items():
-            if value is None and name in optional_ints:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("lr", "guide_lr"):
-            value = getattr(self, name)
-            if name == "guide_lr" and value is None:
-                continue
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ConfigError(f"clip_norm must be > 0 or None, got {self.clip_norm!r}")
+        for name in ("epochs", "eval_batch_size"):
+            check_int(name, getattr(self, name))
+        for name in ("patience", "max_steps", "batch_size", "checkpoint_every"):
+            check_int(name, getattr(self, name), optional=True)
+        check_int("seed", self.seed, minimum=0)
+        check_int("max_nonfinite_skips", self.max_nonfinite_skips, minimum=0)
+        check_number("lr", self.lr)
+        check_number("guide_lr", self.guide_lr, optional=True)
+        check_number("clip_norm", self.clip_norm, optional=True)
+        check_number("min_delta", self.min_delta, positive=False)
+        check_str("monitor", self.monitor, optional=True)
+        check_bool("restore_best", self.restore_best)
+        check_bool("progress", self.progress, optional=True)
+        check_str("device", self.device)
+        try:
+            torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"unknown device {self.device!r}; use cpu or cuda[:N]") from None
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {self.device!r} asked for, but no CUDA device is available")
 
@@ -92,6 +124,17 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_options(cls, **options: Any) -> TrainConfig:
+        """Like ``TrainConfig(**options)``, but an unknown option is a :class:`ConfigError`."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise UnknownNameError(
+                f"unknown training option {', '.join(unknown)}; known: {', '.join(names)}"
+            )
+        return cls(**options)
 
 
 @dataclass
@@ -102,6 +145,8 @@ class TrainState:
     epoch: int = 0  # completed epochs
     batch: int = 0  # batches done in the current epoch
     loss_sum: float = 0.0  # sum of per-point training losses in the current epoch
+    loss_count: int = 0  # finite steps in the current epoch (skipped steps do not count)
+    nonfinite_skips: int = 0  # steps skipped for a NaN / inf loss or gradient, in the whole run
     wall_seconds: float = 0.0
     best: float = math.inf
     best_epoch: int = 0
@@ -256,6 +301,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_params: dict[str, Any] | None = None
         self.callbacks = tuple(callbacks)
+        self.stop = StopRequest()  # set by fit's signal handlers
 
     # --- one step -----------------------------------------------------------------------------
     @property
@@ -270,32 +316,77 @@ class Trainer:
         return train.x[idx], None if train.y is None else train.y[idx]
 
     def step(self) -> float:
-        """One optimisation step; returns the minibatch's loss per data point."""
+        """One optimisation step; returns the minibatch's loss per data point (NaN if skipped)."""
         x, y = self.batch()
         n = len(self.data.train)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.estimator.loss(self.model.model, self.guide, x, y, num_data=n) / n
+        rng = torch.get_rng_state()  # to re-trace a failing step with the same samples
+        try:
+            loss = self.estimator.loss(self.model.model, self.guide, x, y, num_data=n) / n
+        except ValueError as e:
+            if not is_invalid_parameter_error(e):
+                raise
+            return self._nonfinite("a distribution got NaN/inf parameters", x, y, rng)
         if not torch.isfinite(loss):
-            raise TrainingError(self._failure(f"the loss is {loss.item()}"))
+            return self._nonfinite(f"the loss is {loss.item()}", x, y, rng)
         loss.backward()
-        self._check_gradients()
+        self.after_backward()
+        bad = nonfinite_tensors((self.names.get(id(p), "?"), p.grad) for p in self.parameters())
+        if bad:
+            return self._nonfinite(
+                f"the gradient of {', '.join(bad)} is not finite", x, y, rng, bad
+            )
         if self.config.clip_norm is not None:
             nn.utils.clip_grad_norm_(self.parameters(), self.config.clip_norm)
         self.optimizer.step()
         self.estimator.advance(self.state.step)
+        self._count_step()
+        self.state.loss_sum += loss.item()
+        self.state.loss_count += 1
+        return loss.item()
+
+    def after_backward(self) -> None:
+        """Hook between ``backward`` and the update (distributed training averages gradients)."""
+
+    def _count_step(self) -> None:
         self.state.step += 1
         self.state.batch += 1
-        self.state.loss_sum += loss.item()
-        return loss.item()
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
-    def _check_gradients(self) -> None:
-        for p in self.parameters():
-            if p.grad is not None and not torch.isfinite(p.grad).all():
-                name = self.names.get(id(p), "a parameter")
-                raise TrainingError(self._failure(f"the gradient of {name} is not finite"))
+    def _nonfinite(
+        self,
+        what: str,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        rng: torch.Tensor,
+        bad_gradients: list[str] = (),  # type: ignore[assignment]
+    ) -> float:
+        """Skip the step (up to ``max_nonfinite_skips`` times, with a warning) or raise
+        :class:`NonFiniteError` naming the step, the sites and the parameters involved."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(rng)
+            sites, trace_error = nonfinite_sites(
+                self.model.model, self.guide, x, y, num_data=len(self.data.train)
+            )
+        named = ((self.names.get(id(p), "?"), p.detach()) for p in self.parameters())
+        parameters = nonfinite_tensors(named)
+        message = describe(what, sites, parameters, trace_error)
+        site = sites[0].split("'")[1] if sites else None
+        parameter = (list(bad_gradients) + parameters or [None])[0]
+        if self.state.nonfinite_skips < self.config.max_nonfinite_skips:
+            self.state.nonfinite_skips += 1
+            warnings.warn(
+                f"skipped step {self.state.step + 1}: {message} "
+                f"({self.state.nonfinite_skips} of {self.config.max_nonfinite_skips} skips used)",
+                NonFiniteStepWarning,
+                stacklevel=2,
+            )
+            self._count_step()
+            return math.nan
+        raise NonFiniteError(self._failure(message), self.state.step + 1, site, parameter)
 
     def _failure(self, what: str) -> str:
         kept = (
@@ -304,7 +395,12 @@ class Trainer:
             else "no checkpoint was written"
         )
         where = f"step {self.state.step + 1} (epoch {self.state.epoch + 1})"
-        return f"training stopped at {where}: {what}; {kept}"
+        skips = (
+            f" after skipping {self.state.nonfinite_skips} non-finite step(s)"
+            if self.state.nonfinite_skips
+            else ""
+        )
+        return f"training stopped at {where}{skips}: {what}; {kept}"
 
     # --- validation and early stopping --------------------------------------------------------
     def validate(self) -> dict[str, float]:
@@ -370,6 +466,7 @@ class Trainer:
         """Load the run folder's checkpoint (and best parameters) into this trainer."""
         if self.run is None:
             raise ConfigError("resume needs a run folder")
+        self.run.remove_temporaries()
         state = load_checkpoint(
             self.run.checkpoint,
             required=(
@@ -423,7 +520,31 @@ class Trainer:
                 if self.state.batch == self.steps_per_epoch:
                     self.end_epoch()
                     bar.set_postfix({self.monitor: f"{self.history[-1][self.monitor]:.4g}"})
+                elif self._checkpoint_due():
+                    self.save()
+                if self.stop.requested:
+                    self.interrupt()
         self.save()
+
+    def _checkpoint_due(self) -> bool:
+        every = self.config.checkpoint_every
+        return every is not None and self.state.step % every == 0
+
+    def interrupt(self) -> None:
+        """Write a checkpoint after the step that a stop signal interrupted, then stop."""
+        self.save()
+        where = f"after step {self.state.step} (epoch {self.state.epoch + 1})"
+        saved = (
+            f"checkpoint written to {self.run.checkpoint}; continue with "
+            f"`pyro-moe train --resume --out {self.run.path}`"
+            if self.run
+            else "no run folder, so nothing was saved"
+        )
+        raise TrainingInterrupted(
+            f"{self.stop.name} received: stopped {where}; {saved}",
+            self.stop.signum or 0,
+            self.state.step,
+        )
 
     def _quiet(self) -> bool | None:
         return None if self.config.progress is None else not self.config.progress
@@ -441,9 +562,11 @@ class Trainer:
         return bool(self.state.stop_reason)
 
     def end_epoch(self) -> None:
-        train_loss = self.state.loss_sum / max(self.state.batch, 1)
+        train_loss = (
+            self.state.loss_sum / self.state.loss_count if self.state.loss_count else math.nan
+        )
         self.state.epoch += 1
-        self.state.batch, self.state.loss_sum = 0, 0.0
+        self.state.batch, self.state.loss_sum, self.state.loss_count = 0, 0.0, 0
         metrics = self.validate()
         self.update_early_stopping(metrics)
         row = {
@@ -453,6 +576,8 @@ class Trainer:
             "train_loss": train_loss,
             **metrics,
         }
+        if self.config.max_nonfinite_skips:
+            row["nonfinite_skips"] = self.state.nonfinite_skips
         for callback in self.callbacks:
             row.update(callback(self) or {})
         self.history.append(row)
@@ -464,6 +589,20 @@ class Trainer:
         if self.best_params is not None:
             self.model.load_state_dict(self.best_params["model"])
             self.guide.load_state_dict(self.best_params["guide"])
+
+
+def _trainer_class(
+    config: TrainConfig, run_dir: str | Path | None, resume: bool
+) -> tuple[type[Trainer], str | Path | None]:
+    """The trainer for ``config``; under ``distributed`` only rank 0 keeps the run folder."""
+    if not config.distributed:
+        return Trainer, run_dir
+    from pyro_moe import distributed
+
+    if resume:
+        raise ConfigError("resuming a distributed run is not supported")
+    distributed.init(config.device)
+    return distributed.DistributedTrainer, run_dir if distributed.is_main_process() else None
 
 
 def fit(
@@ -496,11 +635,15 @@ def fit(
         of the best validation epoch.
     """
     config = config or TrainConfig()
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
+    check_dataset(data)
     check_compatible(model, guide, estimator, data, config)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
+    trainer_class, run_dir = _trainer_class(config, run_dir, resume)
     run = RunFolder(run_dir) if run_dir is not None else None
-    trainer = Trainer(model, guide, estimator, data, config, run, callbacks)
+    trainer = trainer_class(model, guide, estimator, data, config, run, callbacks)
     if resume:
         trainer.restore()
     elif run:
@@ -508,7 +651,8 @@ def fit(
         run.write_json(
             run.config, {**(run_info or {}), "train": asdict(config), "versions": versions()}
         )
-    trainer.run_loop()
+    with stop_on_signals() as trainer.stop:
+        trainer.run_loop()
     if config.restore_best:
         trainer.restore_best()
     return FitResult(

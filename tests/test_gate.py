@@ -8,7 +8,7 @@ import pytest
 import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 
-from pyro_moe.gate import select
+from pyro_moe.gate import mark_support, select
 
 N, K, M = 5, 3, 2
 
@@ -78,3 +78,15 @@ def test_shapes_under_a_real_trace_enum_run(values):
     assert seen["loc"] == (K, N, M)
     for k in range(K):  # the k-th enumerated slice is expert k's output for every point
         assert torch.equal(seen["loc_value"][k], values[:, k])
+
+
+@pytest.mark.parametrize("event_dim", [0, 1])
+@pytest.mark.parametrize("batch", [(), (5,), (2, 5)])
+def test_marked_support_selects_like_gather(event_dim, batch):
+    k = 4
+    values = torch.randn(batch + (k,) + (3,) * event_dim)
+    c = torch.arange(k).reshape((k,) + (1,) * max(len(batch), 1))
+    expected = select(values, c, event_dim)
+    got = select(values, mark_support(c.clone()), event_dim)
+    assert got.shape == expected.shape
+    assert torch.equal(got, expected)

@@ -18,13 +18,19 @@ BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 #: arguments that make each benchmark script finish in seconds
 BENCHMARK_SMOKE_ARGS = {
     "bishop_objectives.py": ["--epochs", "1"],
+    "clustering_mnist.py": [
+        *("--data", "digits", "--limit", "200", "--hidden", "16", "--latent-dim", "4"),
+        *("--pretrain-epochs", "1", "--epochs", "1", "--batch-size", "40"),
+    ],
     "mnist_experts.py": ["--limit", "200", "--epochs", "1"],
+    "overhead.py": ["--steps", "2", "--mnist-steps", "1", "--mnist-batch", "4", "--warmup", "1"],
     "table1_dvmoe.py": [
         *("--epochs", "1", "--seeds", "1", "--n", "100", "--batch-size", "20", "--dims", "2"),
     ],
 }
 #: environment that gives each notebook a small budget
 NOTEBOOK_SMOKE_ENV = {
+    "deep_clustering.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "2"},
     "quickstart.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "3"},
     "dvmoe.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "1"},
 }

@@ -8,7 +8,7 @@ from typing import Any
 
 from pyro_moe.data import mnist, shells, synthetic  # noqa: F401  (register the data sets)
 from pyro_moe.data.base import TASKS, Dataset, Split, as_inputs, as_targets, load_npz, split_arrays
-from pyro_moe.errors import ConfigError
+from pyro_moe.errors import ConfigError, DataError, PyroMoeError
 from pyro_moe.registry import DATASETS
 
 __all__ = [
@@ -35,4 +35,9 @@ def load_dataset(name: str, seed: int = 0, **options: Any) -> Dataset:
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigError(f"data set {name!r} has no option {', '.join(unknown)}; known: {known}")
-    return builder(seed=seed, **options)
+    try:
+        return builder(seed=seed, **options)
+    except PyroMoeError:
+        raise
+    except (TypeError, ValueError) as e:  # an option value the builder cannot use
+        raise DataError(f"data set {name!r} cannot be built with options {options}: {e}") from None

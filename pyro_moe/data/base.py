@@ -87,6 +87,8 @@ class Dataset:
 
 def _as_tensor(a: Any, name: str) -> torch.Tensor:
     if isinstance(a, torch.Tensor):
+        if a.is_complex():
+            raise DataError(f"{name} must be real, got dtype {a.dtype}")
         return a.detach()
     try:
         arr = np.asarray(a)
@@ -94,6 +96,8 @@ def _as_tensor(a: Any, name: str) -> torch.Tensor:
         raise DataError(f"{name} cannot be read as an array: {e}") from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise DataError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise DataError(f"{name} must be real, got dtype {arr.dtype}")
     t = torch.from_numpy(np.ascontiguousarray(arr))
     return t.to(torch.get_default_dtype()) if t.is_floating_point() else t
 
@@ -164,6 +168,15 @@ def _class_targets(t: torch.Tensor, num_classes: int | None, name: str) -> torch
     return t
 
 
+def _infer_num_classes(y: Any, name: str = "y") -> int:
+    """1 + the largest label (the labels themselves are checked by :func:`as_targets`)."""
+    t = _as_tensor(y, name)
+    if t.numel() == 0:
+        raise DataError(f"{name} is empty (shape {tuple(t.shape)})")
+    _check_finite(t.reshape(t.shape[0] if t.dim() else 1, -1), name)
+    return int(t.max()) + 1
+
+
 def split_arrays(
     name: str,
     task: str,
@@ -184,7 +197,7 @@ def split_arrays(
     x = as_inputs(x)
     n = x.shape[0]
     if task == "classification" and num_classes is None and y is not None:
-        num_classes = int(np.asarray(y).max()) + 1
+        num_classes = _infer_num_classes(y)
     y = as_targets(y, task, n, num_classes)
     labels = None if labels is None else as_targets(labels, "classification", n, n, "labels")
     n_train, n_valid = int(round(fractions[0] * n)), int(round(fractions[1] * n))

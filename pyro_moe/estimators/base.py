@@ -12,7 +12,9 @@ the gradient the surrogate's. Estimators change how the ``cluster`` site is trea
 handlers and ``infer`` settings; the model body never branches on the estimator.
 
 Estimators are ``nn.Module`` s so that their state (learned baselines, temperatures, running
-averages) moves with ``.to(device)`` and is saved in checkpoints.
+averages) moves with ``.to(device)`` and is saved in checkpoints. Keep every piece of state that
+:meth:`Estimator.advance` changes in a parameter, a buffer or ``get_extra_state``: checkpoints
+save ``estimator.state_dict()``, and a plain Python attribute would not resume exactly.
 """
 
 from __future__ import annotations

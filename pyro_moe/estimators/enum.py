@@ -10,6 +10,12 @@ with the discrete sum done analytically, so its gradient has no variance from c.
 has no ``cluster`` site and no continuous latents this is exactly log p(y|x). It is the reference
 every other estimator is measured against.
 
+With ``fast=True`` (the default) and a guide that declares ``is_empty`` (no latent sites, e.g. the
+MoE's ``none`` guide), the loss comes from :func:`~pyro_moe.estimators.collapsed.collapsed_loss`:
+one pass of the model with the gate summed out by a single ``logsumexp``, the same value and
+gradient as ``TraceEnum_ELBO`` without tracing the guide or contracting a factor graph. Models
+outside that case fall back to ``TraceEnum_ELBO`` (the decision is remembered per model).
+
 References:
     1. F. Obermeyer, E. Bingham, M. Jankowiak, J. Chiu, N. Pradhan, A. Rush, N. Goodman,
        "Tensor Variable Elimination for Plated Factor Graphs", ICML 2019.
@@ -17,12 +23,14 @@ References:
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
 from pyro.infer import JitTraceEnum_ELBO, TraceEnum_ELBO, config_enumerate
 
 from pyro_moe.estimators.base import Estimator
+from pyro_moe.estimators.collapsed import NotCollapsible, collapsed_loss
 from pyro_moe.registry import ESTIMATORS
 
 
@@ -33,10 +41,18 @@ class Enumerate(Estimator):
     name = "enum"
     needs_guide_site = False
 
-    def __init__(self, *, num_particles: int = 1, max_plate_nesting: int = 1, jit: bool = False):
+    def __init__(
+        self,
+        *,
+        num_particles: int = 1,
+        max_plate_nesting: int = 1,
+        jit: bool = False,
+        fast: bool = True,
+    ):
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
         elbo_class = JitTraceEnum_ELBO if jit else TraceEnum_ELBO
-        self.jit = jit
+        self.jit, self.fast = jit, fast
+        self._general: weakref.WeakSet = weakref.WeakSet()  # models the fast path cannot take
         self.elbo = elbo_class(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -45,12 +61,32 @@ class Enumerate(Estimator):
         )
 
     def loss(self, model, guide, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self._collapsible(model, guide):
+            try:
+                return collapsed_loss(model, self.max_plate_nesting, *args, **kwargs)
+            except NotCollapsible:
+                self._general.add(getattr(model, "__self__", model))
         return self.elbo.differentiable_loss(*self._enumerated(model, guide), *args, **kwargs)
 
     def value(self, model, guide, *args: Any, **kwargs: Any) -> float:
         """The negative ELBO as a float, without building a graph (for validation)."""
         with torch.no_grad():
+            if self._collapsible(model, guide):
+                return self.loss(model, guide, *args, **kwargs).item()
             return self.elbo.loss(*self._enumerated(model, guide), *args, **kwargs)
+
+    def _collapsible(self, model, guide) -> bool:
+        """Whether to try the one-pass path: ``fast``, an empty guide, not known to fail."""
+        if not (self.fast and getattr(guide, "is_empty", False)):
+            return False
+        owner = getattr(model, "__self__", model)
+        try:
+            return owner not in self._general
+        except TypeError:  # not weak-referenceable: try every time
+            return True
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, jit={self.jit}, fast={self.fast}"
 
     @staticmethod
     def _enumerated(model, guide):

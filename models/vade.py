@@ -1,0 +1,179 @@
+"""Variational Deep Embedding, VaDE (Jiang et al. 2017; seeds/000, sec. 3).
+
+Generative story, for each data point n::
+
+    c_n ~ Categorical(pi)                               site "cluster"
+    z_n | c_n = k ~ N(mu_k, diag(sigma_k^2))            site "latent"
+    x_n | z_n ~ p(x | f(z_n))                           site "obs"  (Bernoulli or Gaussian)
+
+Variational family (guide ``vade``): q(z|x) = N(mu(x), diag(sigma(x)^2)) from the encoder, and
+
+    q(c|x) = p(c | z^) = pi_c N(z^ | mu_c, sigma_c^2) / sum_c' pi_c' N(z^ | mu_c', sigma_c'^2)
+
+at the sample z^ ~ q(z|x) (the paper's choice, which zeroes the KL(q(c|x) || p(c|z)) term at z^).
+With ``enum`` the sum over c is done exactly, so the ELBO per point is
+
+    E_q(z|x) [ log p(x|z) + log sum_c pi_c N(z | mu_c, sigma_c^2) - log q(z|x) ].
+
+Recipe (paper): pretrain encoder mean and decoder as an autoencoder
+(:meth:`~pyro_moe.models.vae.VAE.pretrain_autoencoder`), then fit a diagonal GMM to the embedded
+data and start the prior (pi, mu, sigma) there (:meth:`VaDE.init_prior_from_gmm`);
+:func:`pretrain_and_init` does both. On MNIST the paper uses 784-500-500-2000-10.
+
+References:
+    1. Z. Jiang, Y. Zheng, H. Tan, B. Tang, H. Zhou, "Variational Deep Embedding: An
+       Unsupervised and Generative Approach to Clustering", IJCAI 2017.
+    2. G. Singh, A. Panda, A. Gajbhiye, "Mixture of Experts using Discrete VAE" (seeds/000).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro_moe.models.gmm import fit_em, softplus_inverse
+from pyro_moe.models.vae import VAE
+from torch import nn
+
+from pyro_moe.base import check_num_components
+from pyro_moe.gate import select
+from pyro_moe.registry import MODELS
+
+
+@MODELS.register("vade")
+class VaDE(VAE):
+    """VaDE: a mixture-of-Gaussians prior on a VAE's latent, q(c|x) = p(c|z) (Jiang et al.)."""
+
+    pyro_name = "vade"
+    default_guide = "vade"
+    exact_guide = "vade"
+    smoke_spec = {
+        "data": "spirals",
+        "data_options": {"n": 90},
+        "model_options": {"num_components": 3, "latent_dim": 2, "hidden": "16"},
+        "estimator": "enum",
+    }
+    learn_weights = True
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int = 0,
+        task: str = "clustering",
+        *,
+        num_components: int = 10,
+        latent_dim: int = 10,
+        hidden: Sequence[int] | str = (64, 64),
+        likelihood: str = "gaussian",
+        activation: str = "relu",
+        min_scale: float = 1e-3,
+        **extra: Any,
+    ) -> None:
+        k = check_num_components(num_components)
+        super().__init__(
+            input_dim,
+            output_dim,
+            task,
+            latent_dim=latent_dim,
+            hidden=hidden,
+            likelihood=likelihood,
+            activation=activation,
+            min_scale=min_scale,
+            num_components=num_components,
+            **extra,
+        )
+        self.num_components = k
+        if self.learn_weights:
+            self.pi_logits = nn.Parameter(torch.zeros(k))
+        else:
+            self.register_buffer("pi_logits", torch.zeros(k))
+        self.prior_loc = nn.Parameter(torch.randn(k, latent_dim))
+        self.raw_prior_scale = nn.Parameter(torch.zeros(k, latent_dim))
+
+    # --- prior --------------------------------------------------------------------------------
+    def log_weights(self) -> torch.Tensor:
+        """log pi: ``[K]`` (uniform and fixed for DMVAE)."""
+        return torch.log_softmax(self.pi_logits, -1)
+
+    def prior_scale(self) -> torch.Tensor:
+        """sigma_k: ``[K, L]``."""
+        return self.min_scale + F.softplus(self.raw_prior_scale)
+
+    def prior_latent(self, n: int) -> torch.Tensor:
+        logits = self.log_weights().expand(n, -1)
+        c = pyro.sample("cluster", dist.Categorical(logits=logits))
+        loc = select(self.prior_loc, c, event_dim=1)
+        scale = select(self.prior_scale(), c, event_dim=1)
+        return pyro.sample("latent", dist.Normal(loc, scale).to_event(1))
+
+    def joint_latent_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log pi_k + log N(z | mu_k, sigma_k^2): ``[..., K]`` for ``z`` ``[..., L]``."""
+        component = dist.Normal(self.prior_loc, self.prior_scale()).to_event(1)
+        return self.log_weights() + component.log_prob(z.unsqueeze(-2))
+
+    def cluster_given_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(c|z): ``[..., K]`` (normalised)."""
+        return torch.log_softmax(self.joint_latent_log_prob(z), -1)
+
+    # --- inference of clusters ----------------------------------------------------------------
+    def cluster_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """The clustering read-out log q(c|x) = log p(c | z = mu(x)) (the encoder's mean, as the
+        paper predicts at test time): ``[N, K]``."""
+        return self.cluster_given_latent(self.encode(x)[0])
+
+    def predict_cluster(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+        with torch.no_grad():
+            parts = [
+                self.cluster_log_probs(x[i : i + batch_size]).argmax(-1)
+                for i in range(0, len(x), batch_size)
+            ]
+        return torch.cat(parts)
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
+        """Clustering accuracy, NMI and ARI against integer ``y`` when it is given."""
+        from pyro_moe import metrics
+
+        if y is None or y.is_floating_point():
+            return {}
+        return metrics.clustering_scores(y, self.predict_cluster(x))
+
+    # --- GMM initialisation -------------------------------------------------------------------
+    @torch.no_grad()
+    def init_prior_from_gmm(self, x: torch.Tensor, seed: int = 0, n_init: int = 1):
+        """Fit a diagonal GMM (scikit-learn EM) to mu(x) and copy it into the prior (pi, mu_k,
+        sigma_k); returns the fitted scikit-learn model."""
+        z = self.embed(x)
+        gmm = fit_em(z, self.num_components, "diag", seed=seed, n_init=n_init)
+        like = self.prior_loc
+        if self.learn_weights:
+            weights = torch.as_tensor(gmm.weights_, dtype=like.dtype)
+            self.pi_logits.copy_(torch.log(weights.clamp_min(1e-6)))
+        self.prior_loc.copy_(torch.as_tensor(gmm.means_, dtype=like.dtype))
+        scale = torch.as_tensor(np.sqrt(gmm.covariances_), dtype=like.dtype)
+        self.raw_prior_scale.copy_(softplus_inverse((scale - self.min_scale).clamp_min(1e-4)))
+        return gmm
+
+
+def pretrain_and_init(
+    model: VaDE,
+    x: torch.Tensor,
+    epochs: int = 10,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    seed: int = 0,
+    n_init: int = 1,
+) -> dict[str, Any]:
+    """The paper's recipe before the ELBO: autoencoder pretraining, then GMM initialisation of
+    the prior (and, for models with a q(c|x) network, its warm start from the GMM).
+    Returns ``{"pretrain_losses": [...], "gmm": fitted scikit-learn model}``."""
+    torch.manual_seed(seed)
+    losses = model.pretrain_autoencoder(x, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    gmm = model.init_prior_from_gmm(x, seed=seed, n_init=n_init)
+    if hasattr(model, "init_cluster_net"):
+        model.init_cluster_net(x, seed=seed)
+    return {"pretrain_losses": losses, "gmm": gmm}
