@@ -16,7 +16,7 @@ N(sum_k w_k mu_k, diag(sum_k w_k sigma_k)^2), which tends to p(z|c) as w tends t
 vector (the seed's note under Table 1).
 
 * ``vade-moe`` (seeds/000 sec. 5): pi is learned; the label reads the cluster site,
-  p(y|x, c), so the joint is p(x, y) = sum_c p(c) p(z|c) p(x|z) p(y|x, c). The guide ``vade``
+  p(y|x, c), so the joint is p(x, y) = sum_c p(c) p(z|c) p(x|z) p(y|x, c). The guide ``vade-moe``
   samples z ~ q(z|x) and sets q(c|x) = p(c|z) at that z (VaDE, Jiang et al. 2017), and the ELBO is
   E_q[log p(y|x, c)] + ELBO_VaDE(x). At test time p(c|x) = E_{q(z|x)}[p(c|z)] is estimated with
   ``gate_samples`` draws of z (sec. 5.1), so p(y|x) = sum_c p(c|x) p(y|x, c).

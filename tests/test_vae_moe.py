@@ -13,7 +13,7 @@ from pyro import poutine
 from pyro_moe import RunSpec, TrainConfig, build, fit
 from pyro_moe.errors import ConfigError
 from pyro_moe.experiment import build_estimator
-from pyro_moe.registry import ESTIMATORS, GUIDES, MODELS
+from pyro_moe.registry import GUIDES, MODELS
 from tests.helpers import tiny_data
 
 VAE_MOES = ["dvmoe", "vade-moe"]
@@ -85,9 +85,6 @@ def test_dvmoe_log_p_y_term_is_the_exact_marginal(float64):
     assert torch.allclose(model.log_likelihood(x, y), direct, atol=1e-10)
 
 
-@pytest.mark.skipif(
-    "gumbel" not in ESTIMATORS, reason="needs the `gumbel` estimator of issue 4 (not yet on main)"
-)
 def test_dvmoe_relaxed_objective_tends_to_enum_as_temperature_falls(float64):
     data, model, guide = tiny("dvmoe", k=2)
     with torch.no_grad():  # far-apart prior components, so relaxing c costs a lot at high tau
