@@ -186,21 +186,34 @@ class MixtureOfExperts(PyroModel):
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predictive mean E[y|x] ``[N, M]`` (regression) or class probabilities ``[N, L]``."""
-        gate = torch.softmax(self.gate_logits(x), -1)[..., None]  # [N, K, 1]
-        out = self.experts(x)
-        if self.task == "classification":
-            out = torch.softmax(out, -1)
-        return (gate * out).sum(-2)
+        return mix_expert_outputs(
+            torch.log_softmax(self.gate_logits(x), -1), self.experts(x), self.task
+        )
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
         """Mean exact NLL per point, and MSE of the predictive mean or classification accuracy."""
-        from pyro_moe import metrics
+        return evaluate_experts(self, x, y)
 
-        with torch.no_grad():
-            result = {"nll": -self.log_likelihood(x, y).mean().item()}
-            pred = self.predict(x)
-            if self.task == "classification":
-                result["accuracy"] = metrics.accuracy(pred, y)
-            else:
-                result["mse"] = metrics.mse(pred, y)
-        return result
+
+def mix_expert_outputs(gate_log_probs: torch.Tensor, outputs: torch.Tensor, task: str):
+    """sum_c p(c|x) mean_c(x) ``[N, M]`` (regression), or sum_c p(c|x) softmax(logits_c(x))
+    ``[N, L]`` (classification), from gate log-probabilities ``[N, K]`` and expert outputs
+    ``[N, K, M or L]``."""
+    if task == "classification":
+        outputs = torch.softmax(outputs, -1)
+    return (gate_log_probs.exp()[..., None] * outputs).sum(-2)
+
+
+def evaluate_experts(model, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
+    """Mean NLL of ``model.log_likelihood`` per point, and MSE of ``model.predict`` (regression)
+    or its accuracy (classification): the metrics every mixture-of-experts model reports."""
+    from pyro_moe import metrics
+
+    with torch.no_grad():
+        result = {"nll": -model.log_likelihood(x, y).mean().item()}
+        pred = model.predict(x)
+        if model.task == "classification":
+            result["accuracy"] = metrics.accuracy(pred, y)
+        else:
+            result["mse"] = metrics.mse(pred, y)
+    return result

@@ -67,6 +67,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro_moe.models.moe import evaluate_experts, mix_expert_outputs
 from torch import nn
 
 from pyro_moe.base import PyroModel, check_num_components, data_plate
@@ -259,24 +260,11 @@ class VaeGatedMoE(PyroModel):
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predictive mean E[y|x] ``[N, M]`` (regression) or class probabilities ``[N, L]``."""
-        gate = self.gate_log_probs(x).exp()[..., None]  # [N, K, 1]
-        out = self.experts(x)
-        if self.task == "classification":
-            out = torch.softmax(out, -1)
-        return (gate * out).sum(-2)
+        return mix_expert_outputs(self.gate_log_probs(x), self.experts(x), self.task)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
         """Mean NLL of p(y|x) per point, and MSE of the predictive mean or accuracy."""
-        from pyro_moe import metrics
-
-        with torch.no_grad():
-            result = {"nll": -self.log_likelihood(x, y).mean().item()}
-            pred = self.predict(x)
-            if self.task == "classification":
-                result["accuracy"] = metrics.accuracy(pred, y)
-            else:
-                result["mse"] = metrics.mse(pred, y)
-        return result
+        return evaluate_experts(self, x, y)
 
 
 @MODELS.register("vade-moe")

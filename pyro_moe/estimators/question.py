@@ -24,35 +24,21 @@ from typing import Any
 import torch
 from pyro import distributions as dist
 
-from pyro_moe.estimators.relaxed import GumbelArgmax, RelaxCluster
-from pyro_moe.estimators.sampled import Costs, SampledEstimator
-from pyro_moe.estimators.temperature import Temperature
+from pyro_moe.estimators.relaxed import GumbelArgmax, RelaxCluster, TemperedEstimator
+from pyro_moe.estimators.sampled import Costs
 from pyro_moe.registry import ESTIMATORS
 
 
 @ESTIMATORS.register("question")
-class Question(SampledEstimator):
+class Question(TemperedEstimator):
     """seeds/003's proposal: f(argmax beta) * grad beta_argmax (biased; kept to measure it)."""
 
     name = "question"
     unbiased = False
 
-    def __init__(
-        self,
-        *,
-        num_particles: int = 1,
-        max_plate_nesting: int = 1,
-        temperature: float = 1.0,
-        schedule: str = "constant",
-        rate: float = 1e-4,
-        tau_min: float = 0.5,
-    ) -> None:
-        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
-        self.temperature = Temperature(temperature, schedule, rate, tau_min)
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self._stash: dict = {}
-
-    def advance(self, step: int) -> None:
-        self.temperature.advance(step)
 
     def _guide_site(self, logits: torch.Tensor, state: dict) -> dist.TorchDistribution:
         return GumbelArgmax(logits, self.temperature(), state)

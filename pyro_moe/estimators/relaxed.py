@@ -204,12 +204,9 @@ class RelaxCluster(Messenger):
         msg["fn"] = self.make(categorical_logits(msg["fn"]), self.state)
 
 
-class RelaxedEstimator(SampledEstimator):
-    """Base of the pathwise (reparameterised) relaxed estimators: value and surrogate are both
-    mean_s sum_n f, with f computed on the relaxed gate."""
-
-    unbiased = False
-    mode = "soft"
+class TemperedEstimator(SampledEstimator):
+    """A sampled estimator with a temperature tau on a schedule (:class:`Temperature`, a buffer:
+    saved in checkpoints, moved with ``.to``), advanced after every optimisation step."""
 
     def __init__(
         self,
@@ -226,6 +223,14 @@ class RelaxedEstimator(SampledEstimator):
 
     def advance(self, step: int) -> None:
         self.temperature.advance(step)
+
+
+class RelaxedEstimator(TemperedEstimator):
+    """Base of the pathwise (reparameterised) relaxed estimators: value and surrogate are both
+    mean_s sum_n f, with f computed on the relaxed gate."""
+
+    unbiased = False
+    mode = "soft"
 
     def guide_site(self, logits: torch.Tensor, state: dict) -> dist.TorchDistribution:
         state["posterior_logits"] = logits
