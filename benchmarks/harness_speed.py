@@ -34,14 +34,14 @@ TARGET_SPEEDUP = 10.0
 ESTIMATORS = ("rloo", "vimco", "nvil", "gumbel", "st-gumbel", "question")
 
 
-def small_moe(seed: int):
-    """Issue 7's small MoE, its posterior guide and one batch of synthetic data."""
+def small_moe(seed: int, rows: int = 1000):
+    """Issue 7's small MoE, its posterior guide and one batch of ``rows`` synthetic points."""
     pyro.clear_param_store()
     torch.manual_seed(seed)
     model = MODELS["moe"](5, 1, "regression", num_components=8, gate="mlp", hidden_dim=64)
     guide = GUIDES["posterior"](model)
-    x = torch.randn(1000, 5)
-    y = x[:, :1] * torch.sign(x[:, 1:2]) + 0.1 * torch.randn(1000, 1)
+    x = torch.randn(rows, 5)
+    y = x[:, :1] * torch.sign(x[:, 1:2]) + 0.1 * torch.randn(rows, 1)
     return model, guide, (x, y)
 
 
@@ -58,8 +58,8 @@ def max_z(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a.mean(0) - b.mean(0)).abs()[keep] / se[keep]).max())
 
 
-def measure(name: str, args: argparse.Namespace) -> dict:
-    model, guide, batch = small_moe(args.seed)
+def measure(name: str, rows: int, args: argparse.Namespace) -> dict:
+    model, guide, batch = small_moe(args.seed, rows)
     estimator = build_estimator(name, model)
     estimator.check(guide)  # builds learned baselines (nvil) for this guide
     params = [p for m in (model, guide) for p in m.parameters()]
@@ -71,6 +71,7 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     z = max_z(loop, vec)
     return {
         "estimator": name,
+        "rows": rows,
         "estimates": args.estimates,
         "loop_per_s": args.estimates / t_loop,
         "vectorised_per_s": args.estimates / t_vec,
@@ -82,12 +83,13 @@ def measure(name: str, args: argparse.Namespace) -> dict:
 
 
 def report(rows: list[dict], args: argparse.Namespace) -> str:
-    columns = ["estimator", "estimates", "loop_per_s", "vectorised_per_s", "speedup"]
+    columns = ["estimator", "rows", "estimates", "loop_per_s", "vectorised_per_s", "speedup"]
     columns += ["max_z_means", "means_agree", "target_met"]
     return "\n".join(
         [
             "# Variance harness: gradient estimates per second, loop vs vectorised\n",
-            f"Small MoE (N=1000, D=5, K=8, MLP gate width 64, posterior guide), E = "
+            "Small MoE (D=5, K=8, MLP gate width 64, posterior guide) on a batch of N rows "
+            f"(N = {args.rows}; issue 7's problem is N = 1000), E = "
             f"{args.estimates} estimates per estimator, vectorised in chunks of {args.chunk}, "
             f"{args.threads} thread(s), CPU only (no GPU machine was lent to this task). Target: "
             f"speedup >= {TARGET_SPEEDUP:g}x. `max_z_means`: the largest per-coordinate z-score "
@@ -103,7 +105,11 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    rows = [measure(name, args) for name in args.estimators.split(",")]
+    rows = [
+        measure(name, n, args)
+        for n in map(int, args.rows.split(","))
+        for name in args.estimators.split(",")
+    ]
     markdown = report(rows, args)
     write_results(
         "harness_speed",
@@ -119,6 +125,7 @@ def main(args: argparse.Namespace) -> None:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--estimates", type=int, default=1000)
+    p.add_argument("--rows", default="1000,50", help="batch sizes, comma-separated")
     p.add_argument("--chunk", type=int, default=64, help="estimates per vectorised pass")
     p.add_argument("--estimators", default=",".join(ESTIMATORS))
     p.add_argument("--threads", type=int, default=1)

@@ -121,11 +121,12 @@ def test_estimator_state_such_as_a_temperature_schedule_resumes(tmp_path):
 
 def test_sigint_finishes_the_step_writes_a_checkpoint_and_resumes_exactly(tmp_path):
     straight = train()
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN under nohup / a background job
     with pytest.raises(TrainingInterrupted, match="SIGINT received: stopped after step 10") as e:
         train(Faulty(_sigint, {10}), CONFIG, tmp_path)
     assert e.value.exit_code == 130 and e.value.step == 10
     assert load_checkpoint(tmp_path / "checkpoint.pt")["train_state"]["step"] == 10
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is restored
     assert_same_state(straight, train(run_dir=tmp_path, resume=True))
 
 
