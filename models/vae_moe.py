@@ -75,6 +75,7 @@ from pyro_moe.errors import ConfigError
 from pyro_moe.gate import select
 from pyro_moe.nn import BatchedLinear, BatchedMLP, mlp
 from pyro_moe.registry import MODELS
+from pyro_moe.validation import check_int, check_number
 
 NETWORKS = ("linear", "mlp")
 LABEL_GATES = ("encoder", "cluster")
@@ -128,13 +129,13 @@ class VaeGatedMoE(PyroModel):
         _check_choice("task", task, self.tasks)
         _check_choice("expert", expert, NETWORKS)
         _check_choice("label_gate", label_gate, LABEL_GATES)
-        for name, value in (("latent_dim", latent_dim), ("hidden_dim", hidden_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-        if isinstance(gate_samples, bool) or not isinstance(gate_samples, int) or gate_samples < 1:
-            raise ConfigError(f"gate_samples must be an integer >= 1, got {gate_samples!r}")
-        if min_scale <= 0:
-            raise ConfigError(f"min_scale must be > 0, got {min_scale}")
+        for name, value in (
+            ("latent_dim", latent_dim),
+            ("hidden_dim", hidden_dim),
+            ("gate_samples", gate_samples),
+        ):
+            check_int(name, value)
+        check_number("min_scale", min_scale)
         self.task, self.num_components, self.latent_dim = task, k, latent_dim
         self.input_dim, self.output_dim = input_dim, output_dim
         self.label_gate, self.gate_samples, self.min_scale = label_gate, gate_samples, min_scale
