@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import pyro
 import pyro.distributions as dist
+import torch
 from pyro_moe.models.dmvae import DMVAE
 from pyro_moe.models.gmm import GaussianMixture
 from pyro_moe.models.vade import VaDE
 from pyro_moe.models.vae import VAE
+from torch import nn
 
 from pyro_moe.base import PyroGuide, data_plate
 from pyro_moe.registry import GUIDES
@@ -33,7 +35,8 @@ class GMMPosteriorGuide(PyroGuide):
             return pyro.sample("cluster", dist.Categorical(logits=logits))
 
 
-def _sample_latent(model: VAE, x):
+def sample_latent(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """z ~ q(z|x) = N(loc(x), diag(scale(x)^2)) from ``model.encode``, at site ``latent``."""
     loc, scale = model.encode(x)
     return pyro.sample("latent", dist.Normal(loc, scale).to_event(1))
 
@@ -47,7 +50,7 @@ class VAEGuide(PyroGuide):
 
     def forward(self, x, y=None, num_data=None):
         with data_plate(x, num_data):
-            return _sample_latent(self.target, x)
+            return sample_latent(self.target, x)
 
 
 @GUIDES.register("vade")
@@ -58,7 +61,7 @@ class VaDEGuide(PyroGuide):
 
     def forward(self, x, y=None, num_data=None):
         with data_plate(x, num_data):
-            z = _sample_latent(self.target, x)
+            z = sample_latent(self.target, x)
             logits = self.target.cluster_given_latent(z)
             return pyro.sample("cluster", dist.Categorical(logits=logits))
 
@@ -71,6 +74,6 @@ class DMVAEGuide(PyroGuide):
 
     def forward(self, x, y=None, num_data=None):
         with data_plate(x, num_data):
-            _sample_latent(self.target, x)
+            sample_latent(self.target, x)
             logits = self.target.cluster_log_probs(x)
             return pyro.sample("cluster", dist.Categorical(logits=logits))

@@ -14,41 +14,28 @@ from __future__ import annotations
 
 import pyro
 import pyro.distributions as dist
-from pyro_moe.models.vae_moe import DVMoE, VadeGatedMoE, VaeGatedMoE
+from pyro_moe.guides.deep_clustering import VaDEGuide, sample_latent
+from pyro_moe.models.vae_moe import DVMoE, VadeGatedMoE
 
 from pyro_moe.base import PyroGuide, data_plate
 from pyro_moe.registry import GUIDES
 
 
-class _LatentGuide(PyroGuide):
-    model_types = (VaeGatedMoE,)
-
-    def sample_latent(self, x):
-        loc, scale = self.target.encode(x)
-        return pyro.sample("latent", dist.Normal(loc, scale).to_event(1))
-
-
 @GUIDES.register("vade-moe")
-class VadeGuide(_LatentGuide):
-    """z ~ q(z|x), then q(c|x) = p(c|z) at that z (VaDE's approximation)."""
+class VadeGuide(VaDEGuide):
+    """z ~ q(z|x), then q(c|x) = p(c|z) at that z: the ``vade`` guide, for the VaDE-gated ME."""
 
     model_types = (VadeGatedMoE,)
 
-    def forward(self, x, y=None, num_data=None):
-        with data_plate(x, num_data):
-            z = self.sample_latent(x)
-            logits = self.target.cluster_posterior_logits(z)
-            return pyro.sample("cluster", dist.Categorical(logits=logits))
-
 
 @GUIDES.register("dvmoe")
-class DVMoEGuide(_LatentGuide):
+class DVMoEGuide(PyroGuide):
     """z ~ q(z|x), c ~ q(c|x) from the DMVAE's own cluster encoder (the model's gate)."""
 
     model_types = (DVMoE,)
 
     def forward(self, x, y=None, num_data=None):
         with data_plate(x, num_data):
-            self.sample_latent(x)
+            sample_latent(self.target, x)
             logits = self.target.gate_logits(x)
             return pyro.sample("cluster", dist.Categorical(logits=logits))

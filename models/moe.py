@@ -44,19 +44,39 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_moe.base import PyroModel, check_num_components, data_plate
-from pyro_moe.errors import ConfigError
 from pyro_moe.gate import select
 from pyro_moe.nn import BatchedLinear, BatchedMLP, mlp
 from pyro_moe.registry import MODELS
-from pyro_moe.validation import check_int, check_number
+from pyro_moe.validation import check_choice, check_int, check_number
 
 NETWORKS = ("linear", "mlp")
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
+def make_experts(
+    input_dim: int, output_dim: int, k: int, expert: str, hidden_dim: int, activation: str
+) -> nn.Module:
+    """K experts run as one batched network, ``[N, D] -> [N, K, M]``: affine maps
+    (``expert="linear"``) or MLPs ``D - hidden - hidden - M``."""
+    if expert == "linear":
+        return BatchedLinear(input_dim, output_dim, k)
+    return BatchedMLP([input_dim, hidden_dim, hidden_dim, output_dim], k, activation)
+
+
+@torch.no_grad()
+def init_experts_from_targets(model: nn.Module, y: torch.Tensor) -> None:
+    """Data-dependent start for regression experts: noise scales s_k = std(y) / 4 and expert
+    offsets at the (k + 1/2) / K quantiles of y. Experts that start apart, each explaining
+    only part of the data, keep the gate from collapsing onto one expert early on (with the
+    default init and an MLP gate, Bishop's problem collapses to a single expert). ``model`` has
+    ``experts`` (:func:`make_experts`), ``raw_scale`` ``[K, M]``, ``num_components`` and
+    ``min_scale``."""
+    k = model.num_components
+    scale = (0.25 * y.std(0)).clamp_min(2 * model.min_scale) - model.min_scale
+    model.raw_scale.copy_((scale + torch.log(-torch.expm1(-scale))).expand(k, -1))  # softplus^-1
+    levels = (torch.arange(k, dtype=y.dtype, device=y.device) + 0.5) / k
+    experts = model.experts
+    last = experts if isinstance(experts, BatchedLinear) else experts.layers[-1]
+    last.bias.copy_(torch.quantile(y, levels, dim=0))  # [K, M]
 
 
 @MODELS.register("moe")
@@ -97,9 +117,9 @@ class MixtureOfExperts(PyroModel):
             min_scale=min_scale,
         )
         k = check_num_components(num_components)
-        _check_choice("task", task, self.tasks)
-        _check_choice("gate", gate, NETWORKS)
-        _check_choice("expert", expert, NETWORKS)
+        check_choice("task", task, self.tasks)
+        check_choice("gate", gate, NETWORKS)
+        check_choice("expert", expert, NETWORKS)
         check_int("hidden_dim", hidden_dim)
         check_number("min_scale", min_scale)
         self.task, self.num_components = task, k
@@ -110,11 +130,7 @@ class MixtureOfExperts(PyroModel):
             if gate == "linear"
             else mlp([input_dim, hidden_dim, hidden_dim, k], activation)
         )
-        self.experts = (
-            BatchedLinear(input_dim, output_dim, k)
-            if expert == "linear"
-            else BatchedMLP([input_dim, hidden_dim, hidden_dim, output_dim], k, activation)
-        )
+        self.experts = make_experts(input_dim, output_dim, k, expert, hidden_dim, activation)
         if task == "regression":  # per-expert noise scale s_k = min_scale + softplus(raw)
             self.raw_scale = nn.Parameter(torch.zeros(k, output_dim))
 
@@ -126,18 +142,9 @@ class MixtureOfExperts(PyroModel):
             model.init_from_targets(data.train.y)
         return model
 
-    @torch.no_grad()
     def init_from_targets(self, y: torch.Tensor) -> None:
-        """Data-dependent start for regression experts: noise scales s_k = std(y) / 4 and expert
-        offsets at the (k + 1/2) / K quantiles of y. Experts that start apart, each explaining
-        only part of the data, keep the gate from collapsing onto one expert early on (with the
-        default init and an MLP gate, Bishop's problem collapses to a single expert)."""
-        k = self.num_components
-        scale = (0.25 * y.std(0)).clamp_min(2 * self.min_scale) - self.min_scale
-        self.raw_scale.copy_((scale + torch.log(-torch.expm1(-scale))).expand(k, -1))  # softplus^-1
-        levels = (torch.arange(k, dtype=y.dtype, device=y.device) + 0.5) / k
-        last = self.experts if isinstance(self.experts, BatchedLinear) else self.experts.layers[-1]
-        last.bias.copy_(torch.quantile(y, levels, dim=0))  # [K, M]
+        """Regression experts start apart: :func:`init_experts_from_targets`."""
+        init_experts_from_targets(self, y)
 
     # --- the networks -------------------------------------------------------------------------
     def gate_logits(self, x: torch.Tensor) -> torch.Tensor:

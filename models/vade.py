@@ -46,8 +46,55 @@ from pyro_moe.gate import select
 from pyro_moe.registry import MODELS
 
 
+class MixturePrior:
+    """The mixture prior of VaDE and DMVAE, also used by the VAE-gated experts
+    (:mod:`pyro_moe.models.vae_moe`)::
+
+        p(c) = pi_c,    p(z|c) = N(z; mu_c, diag(sigma_c^2)),    sigma_c = min_scale + softplus(r_c)
+
+    with pi learned (``learn_weights``) or uniform. A mixin for an ``nn.Module`` that has
+    ``min_scale``: :meth:`init_mixture_prior` registers ``pi_logits``, ``prior_loc`` and
+    ``raw_prior_scale``. A relaxed one-hot c gives N(sum_k c_k mu_k, diag(sum_k c_k sigma_k)^2)
+    (:func:`pyro_moe.gate.select`), which tends to p(z|c) as c tends to a one-hot vector."""
+
+    learn_weights: bool = True
+
+    def init_mixture_prior(self, loc: torch.Tensor, raw_scale: torch.Tensor) -> None:
+        """Register pi (zeros: uniform at the start), mu = ``loc`` and r = ``raw_scale``
+        (``[K, L]`` each)."""
+        k = loc.shape[0]
+        if self.learn_weights:
+            self.pi_logits = nn.Parameter(torch.zeros(k))
+        else:
+            self.register_buffer("pi_logits", torch.zeros(k))
+        self.prior_loc = nn.Parameter(loc)
+        self.raw_prior_scale = nn.Parameter(raw_scale)
+
+    def log_weights(self) -> torch.Tensor:
+        """log pi: ``[K]`` (uniform and fixed for DMVAE)."""
+        return torch.log_softmax(self.pi_logits, -1)
+
+    def prior_scale(self) -> torch.Tensor:
+        """sigma_k: ``[K, L]``."""
+        return self.min_scale + F.softplus(self.raw_prior_scale)
+
+    def latent_given_cluster(self, c: torch.Tensor) -> dist.Distribution:
+        """p(z|c) for an integer, enumerated or (relaxed) one-hot c; event shape ``[L]``."""
+        loc = select(self.prior_loc, c, event_dim=1)
+        return dist.Normal(loc, select(self.prior_scale(), c, event_dim=1)).to_event(1)
+
+    def joint_latent_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log pi_k + log N(z | mu_k, sigma_k^2): ``[..., K]`` for ``z`` ``[..., L]``."""
+        component = dist.Normal(self.prior_loc, self.prior_scale()).to_event(1)
+        return self.log_weights() + component.log_prob(z.unsqueeze(-2))
+
+    def cluster_given_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(c|z): ``[..., K]`` (normalised)."""
+        return torch.log_softmax(self.joint_latent_log_prob(z), -1)
+
+
 @MODELS.register("vade")
-class VaDE(VAE):
+class VaDE(MixturePrior, VAE):
     """VaDE: a mixture-of-Gaussians prior on a VAE's latent, q(c|x) = p(c|z) (Jiang et al.)."""
 
     pyro_name = "vade"
@@ -59,7 +106,6 @@ class VaDE(VAE):
         "model_options": {"num_components": 3, "latent_dim": 2, "hidden": "16"},
         "estimator": "enum",
     }
-    learn_weights = True
 
     def __init__(
         self,
@@ -95,12 +141,7 @@ class VaDE(VAE):
             **extra,
         )
         self.num_components, self.pretrain_epochs = k, pretrain_epochs
-        if self.learn_weights:
-            self.pi_logits = nn.Parameter(torch.zeros(k))
-        else:
-            self.register_buffer("pi_logits", torch.zeros(k))
-        self.prior_loc = nn.Parameter(torch.randn(k, latent_dim))
-        self.raw_prior_scale = nn.Parameter(torch.zeros(k, latent_dim))
+        self.init_mixture_prior(torch.randn(k, latent_dim), torch.zeros(k, latent_dim))
 
     @classmethod
     def from_data(cls, data: Any, **options: Any) -> VaDE:
@@ -112,29 +153,10 @@ class VaDE(VAE):
         return model
 
     # --- prior --------------------------------------------------------------------------------
-    def log_weights(self) -> torch.Tensor:
-        """log pi: ``[K]`` (uniform and fixed for DMVAE)."""
-        return torch.log_softmax(self.pi_logits, -1)
-
-    def prior_scale(self) -> torch.Tensor:
-        """sigma_k: ``[K, L]``."""
-        return self.min_scale + F.softplus(self.raw_prior_scale)
-
     def prior_latent(self, n: int) -> torch.Tensor:
         logits = self.log_weights().expand(n, -1)
         c = pyro.sample("cluster", dist.Categorical(logits=logits))
-        loc = select(self.prior_loc, c, event_dim=1)
-        scale = select(self.prior_scale(), c, event_dim=1)
-        return pyro.sample("latent", dist.Normal(loc, scale).to_event(1))
-
-    def joint_latent_log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log pi_k + log N(z | mu_k, sigma_k^2): ``[..., K]`` for ``z`` ``[..., L]``."""
-        component = dist.Normal(self.prior_loc, self.prior_scale()).to_event(1)
-        return self.log_weights() + component.log_prob(z.unsqueeze(-2))
-
-    def cluster_given_latent(self, z: torch.Tensor) -> torch.Tensor:
-        """log p(c|z): ``[..., K]`` (normalised)."""
-        return torch.log_softmax(self.joint_latent_log_prob(z), -1)
+        return pyro.sample("latent", self.latent_given_cluster(c))
 
     # --- inference of clusters ----------------------------------------------------------------
     def cluster_log_probs(self, x: torch.Tensor) -> torch.Tensor:

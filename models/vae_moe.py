@@ -67,38 +67,33 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro_moe.models.moe import evaluate_experts, mix_expert_outputs
+from pyro_moe.models.gmm import softplus_inverse
+from pyro_moe.models.moe import (
+    NETWORKS,
+    evaluate_experts,
+    init_experts_from_targets,
+    make_experts,
+    mix_expert_outputs,
+)
+from pyro_moe.models.vade import MixturePrior
 from torch import nn
 
 from pyro_moe.base import PyroModel, check_num_components, data_plate
 from pyro_moe.errors import ConfigError
 from pyro_moe.gate import select
-from pyro_moe.nn import BatchedLinear, BatchedMLP, mlp
+from pyro_moe.nn import mlp
 from pyro_moe.registry import MODELS
-from pyro_moe.validation import check_int, check_number
+from pyro_moe.validation import check_choice, check_int, check_number
 
-NETWORKS = ("linear", "mlp")
 LABEL_GATES = ("encoder", "cluster")
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _softplus_inverse(x: torch.Tensor) -> torch.Tensor:
-    return x + torch.log(-torch.expm1(-x))
-
-
-class VaeGatedMoE(PyroModel):
+class VaeGatedMoE(MixturePrior, PyroModel):
     """Shared body of ``vade-moe`` and ``dvmoe`` (see the module docstring)."""
 
     max_plate_nesting = 1
     monitor = "valid_nll"
     tasks = ("regression", "classification")
-    #: whether the mixture weights pi are learned (VaDE) or uniform (DMVAE)
-    learn_weights: bool = True
 
     def __init__(
         self,
@@ -126,9 +121,9 @@ class VaeGatedMoE(PyroModel):
             min_scale=min_scale,
         )
         k = check_num_components(num_components)
-        _check_choice("task", task, self.tasks)
-        _check_choice("expert", expert, NETWORKS)
-        _check_choice("label_gate", label_gate, LABEL_GATES)
+        check_choice("task", task, self.tasks)
+        check_choice("expert", expert, NETWORKS)
+        check_choice("label_gate", label_gate, LABEL_GATES)
         for name, value in (
             ("latent_dim", latent_dim),
             ("hidden_dim", hidden_dim),
@@ -149,38 +144,18 @@ class VaeGatedMoE(PyroModel):
         means[:, 0] = 2 * torch.cos(angle) if k > 1 else 0.0
         if latent_dim > 1:
             means[:, 1] = 2 * torch.sin(angle) if k > 1 else 0.0
-        self.prior_loc = nn.Parameter(means)
-        self.prior_raw_scale = nn.Parameter(_softplus_inverse(torch.ones(k, latent_dim)))
-        if self.learn_weights:  # log pi, learned (VaDE)
-            self.prior_logits = nn.Parameter(torch.zeros(k))
-        else:  # uniform p(c) (DMVAE)
-            self.register_buffer("prior_logits", torch.zeros(k))
-        self.experts = (
-            BatchedLinear(input_dim, output_dim, k)
-            if expert == "linear"
-            else BatchedMLP([input_dim, h, h, output_dim], k, activation)
-        )
+        self.init_mixture_prior(means, softplus_inverse(torch.ones(k, latent_dim)))
+        self.experts = make_experts(input_dim, output_dim, k, expert, h, activation)
         if task == "regression":
             self.raw_scale = nn.Parameter(torch.zeros(k, output_dim))
 
     @classmethod
     def from_data(cls, data, **options: Any) -> VaeGatedMoE:
-        """Build for ``data``; regression experts start apart (:meth:`init_from_targets`)."""
+        """Build for ``data``; regression experts start apart (:func:`init_experts_from_targets`)."""
         model = super().from_data(data, **options)
         if model.task == "regression":
-            model.init_from_targets(data.train.y)
+            init_experts_from_targets(model, data.train.y)
         return model
-
-    @torch.no_grad()
-    def init_from_targets(self, y: torch.Tensor) -> None:
-        """Expert noise scales std(y) / 4 and offsets at the (k + 1/2) / K quantiles of y (as
-        :meth:`pyro_moe.models.moe.MixtureOfExperts.init_from_targets`)."""
-        k = self.num_components
-        scale = (0.25 * y.std(0)).clamp_min(2 * self.min_scale) - self.min_scale
-        self.raw_scale.copy_(_softplus_inverse(scale).expand(k, -1))
-        levels = (torch.arange(k, dtype=y.dtype, device=y.device) + 0.5) / k
-        last = self.experts if isinstance(self.experts, BatchedLinear) else self.experts.layers[-1]
-        last.bias.copy_(torch.quantile(y, levels, dim=0))
 
     # --- the networks -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,20 +167,6 @@ class VaeGatedMoE(PyroModel):
         """p(x|z), a diagonal Gaussian with event shape ``[D]``."""
         loc, raw = self.decoder(z).chunk(2, -1)
         return dist.Normal(loc, self.min_scale + F.softplus(raw)).to_event(1)
-
-    def prior_scale(self) -> torch.Tensor:
-        """sigma_k: ``[K, d_z]``."""
-        return self.min_scale + F.softplus(self.prior_raw_scale)
-
-    def latent_prior(self, c: torch.Tensor) -> dist.Distribution:
-        """p(z|c) for an integer, enumerated or (relaxed) one-hot c."""
-        loc = select(self.prior_loc, c, event_dim=1)
-        return dist.Normal(loc, select(self.prior_scale(), c, event_dim=1)).to_event(1)
-
-    def cluster_posterior_logits(self, z: torch.Tensor) -> torch.Tensor:
-        """log p(c|z) up to a constant, log pi_k + log N(z; mu_k, sigma_k^2): ``[..., K]``."""
-        components = dist.Normal(self.prior_loc, self.prior_scale()).to_event(1)
-        return torch.log_softmax(self.prior_logits, -1) + components.log_prob(z.unsqueeze(-2))
 
     def expert_scale(self) -> torch.Tensor:
         return self.min_scale + F.softplus(self.raw_scale)
@@ -238,10 +199,10 @@ class VaeGatedMoE(PyroModel):
     # --- the Pyro program ---------------------------------------------------------------------
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
         pyro.module(self.pyro_name, self)
-        prior_logits = self.prior_logits.expand(x.shape[0], self.num_components)
+        prior_logits = self.log_weights().expand(x.shape[0], self.num_components)
         with data_plate(x, num_data):
             c = pyro.sample("cluster", dist.Categorical(logits=prior_logits))
-            z = pyro.sample("latent", self.latent_prior(c))
+            z = pyro.sample("latent", self.latent_given_cluster(c))
             pyro.sample("obs", self.decode(z), obs=x)
             return pyro.sample("label", self.label_distribution(x, c), obs=y)
 
@@ -298,7 +259,7 @@ class VadeGatedMoE(VaeGatedMoE):
         """log E_{q(z|x)}[p(c|z)] by ``gate_samples`` draws of z (seeds/000 sec. 5.1)."""
         loc, scale = self.encode(x)
         z = loc + scale * torch.randn((self.gate_samples,) + loc.shape, dtype=loc.dtype)
-        log_post = torch.log_softmax(self.cluster_posterior_logits(z), -1)  # [S, N, K]
+        log_post = self.cluster_given_latent(z)  # [S, N, K]
         return torch.logsumexp(log_post, 0) - math.log(self.gate_samples)
 
 

@@ -54,6 +54,13 @@ def check_str(name: str, value: Any, optional: bool = False) -> None:
         raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
 
 
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` is one of ``choices``; returns it."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def check_temperature(value: Any, name: str = "temperature") -> float:
     """A relaxation temperature: a finite number > 0 (tau -> 0 is the discrete limit, never 0)."""
     if isinstance(value, torch.Tensor):
