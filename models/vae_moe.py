@@ -151,7 +151,7 @@ class VaeGatedMoE(MixturePrior, PyroModel):
 
     @classmethod
     def from_data(cls, data, **options: Any) -> VaeGatedMoE:
-        """Build for ``data``; regression experts start apart (:func:`init_experts_from_targets`)."""
+        """Build for ``data``; regression experts start apart (init_experts_from_targets)."""
         model = super().from_data(data, **options)
         if model.task == "regression":
             init_experts_from_targets(model, data.train.y)
