@@ -27,6 +27,10 @@ class VadeGuide(VaDEGuide):
 
     model_types = (VadeGatedMoE,)
 
+    def forward(self, x, y=None, num_data=None):
+        with self.target.input_scale():
+            return super().forward(x, y, num_data)
+
 
 @GUIDES.register("dvmoe")
 class DVMoEGuide(PyroGuide):
@@ -35,7 +39,7 @@ class DVMoEGuide(PyroGuide):
     model_types = (DVMoE,)
 
     def forward(self, x, y=None, num_data=None):
-        with data_plate(x, num_data):
+        with data_plate(x, num_data), self.target.input_scale():
             sample_latent(self.target, x)
             logits = self.target.gate_logits(x)
             return pyro.sample("cluster", dist.Categorical(logits=logits))

@@ -60,6 +60,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -67,6 +68,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro import poutine
 from pyro_moe.models.gmm import softplus_inverse
 from pyro_moe.models.moe import (
     NETWORKS,
@@ -109,6 +111,7 @@ class VaeGatedMoE(MixturePrior, PyroModel):
         label_gate: str = "cluster",
         gate_samples: int = 32,
         min_scale: float = 1e-3,
+        x_weight: float = 1.0,
     ) -> None:
         super().__init__(
             num_components=num_components,
@@ -119,6 +122,7 @@ class VaeGatedMoE(MixturePrior, PyroModel):
             label_gate=label_gate,
             gate_samples=gate_samples,
             min_scale=min_scale,
+            x_weight=x_weight,
         )
         k = check_num_components(num_components)
         check_choice("task", task, self.tasks)
@@ -131,9 +135,11 @@ class VaeGatedMoE(MixturePrior, PyroModel):
         ):
             check_int(name, value)
         check_number("min_scale", min_scale)
+        check_number("x_weight", x_weight)
         self.task, self.num_components, self.latent_dim = task, k, latent_dim
         self.input_dim, self.output_dim = input_dim, output_dim
         self.label_gate, self.gate_samples, self.min_scale = label_gate, gate_samples, min_scale
+        self.x_weight = float(x_weight)
         h = hidden_dim
         # q(z|x): [mean, raw scale]; p(x|z): [mean, raw scale]
         self.encoder = mlp([input_dim, h, h, 2 * latent_dim], activation)
@@ -196,14 +202,20 @@ class VaeGatedMoE(MixturePrior, PyroModel):
         mixing = dist.Categorical(logits=self.gate_log_probs(x))
         return dist.MixtureSameFamily(mixing, self.expert_components(x))
 
+    def input_scale(self) -> poutine.scale | contextlib.nullcontext:
+        """Weights the sites of the input model (``cluster``, ``latent``, ``obs``; the guide uses
+        it too) by ``x_weight`` = beta, so that the objective is log p(y|x) + beta ELBO(x)."""
+        return contextlib.nullcontext() if self.x_weight == 1.0 else poutine.scale(scale=self.x_weight)
+
     # --- the Pyro program ---------------------------------------------------------------------
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
         pyro.module(self.pyro_name, self)
         prior_logits = self.log_weights().expand(x.shape[0], self.num_components)
         with data_plate(x, num_data):
-            c = pyro.sample("cluster", dist.Categorical(logits=prior_logits))
-            z = pyro.sample("latent", self.latent_given_cluster(c))
-            pyro.sample("obs", self.decode(z), obs=x)
+            with self.input_scale():
+                c = pyro.sample("cluster", dist.Categorical(logits=prior_logits))
+                z = pyro.sample("latent", self.latent_given_cluster(c))
+                pyro.sample("obs", self.decode(z), obs=x)
             return pyro.sample("label", self.label_distribution(x, c), obs=y)
 
     # --- closed forms used by metrics, plots and tests ----------------------------------------

@@ -29,8 +29,8 @@ def tiny(name: str, task: str = "regression", k: int = 3, **options):
     return data, model, GUIDES[MODELS[name].default_guide](model)
 
 
-def hand_objective(model, x, y, z):
-    """log p(y|x) + ELBO(x) at one z, written out term by term (seeds/000 sec. 7)."""
+def hand_objective(model, x, y, z, x_weight=1.0):
+    """log p(y|x) + x_weight * ELBO(x) at one z, written out term by term (seeds/000 sec. 7)."""
     loc, scale = model.encode(x)
     log_q_z = dist.Normal(loc, scale).log_prob(z).sum(-1)  # [N]
     dec_loc, dec_raw = model.decoder(z).chunk(2, -1)
@@ -47,18 +47,19 @@ def hand_objective(model, x, y, z):
     expert_scale = model.min_scale + torch.nn.functional.softplus(model.raw_scale)
     log_p_y_c = dist.Normal(out[..., 0], expert_scale[:, 0]).log_prob(y)  # [N, K]
     log_p_y = torch.logsumexp(q_c.log() + log_p_y_c, -1)
-    return (log_p_y + log_p_x - log_q_z + cluster_terms).sum()
+    return (log_p_y + x_weight * (log_p_x - log_q_z + cluster_terms)).sum()
 
 
-def test_dvmoe_enum_objective_equals_hand_computation(float64):
-    data, model, guide = tiny("dvmoe")
+@pytest.mark.parametrize("x_weight", [1.0, 0.25])
+def test_dvmoe_enum_objective_equals_hand_computation(float64, x_weight):
+    data, model, guide = tiny("dvmoe", x_weight=x_weight)
     x, y = data.train.x, data.train.y
     estimator = build_estimator("enum", model)
     pyro.set_rng_seed(7)
     loss = estimator.loss(model.model, guide, x, y)
     pyro.set_rng_seed(7)  # the guide draws z first, with the same random numbers
     z = poutine.trace(guide).get_trace(x, y).nodes["latent"]["value"]
-    expected = hand_objective(model, x, y, z)
+    expected = hand_objective(model, x, y, z, x_weight)
     assert -loss.item() == pytest.approx(expected.item(), abs=1e-4)
 
 
