@@ -38,7 +38,9 @@ def runs(args: argparse.Namespace) -> list[tuple[str, str, dict, str]]:
     rows.append(("VaDE-gated ME", "vade-moe", hidden, "enum"))
     rows += [("DVMoE", "dvmoe", hidden, e) for e in args.estimators]
     for weight in args.x_weights:
-        rows.append((f"DVMoE, x_weight {weight:g}", "dvmoe", {**hidden, "x_weight": weight}, "enum"))
+        rows.append(
+            (f"DVMoE, x_weight {weight:g}", "dvmoe", {**hidden, "x_weight": weight}, "enum")
+        )
     return rows
 
 

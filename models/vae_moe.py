@@ -205,7 +205,9 @@ class VaeGatedMoE(MixturePrior, PyroModel):
     def input_scale(self) -> poutine.scale | contextlib.nullcontext:
         """Weights the sites of the input model (``cluster``, ``latent``, ``obs``; the guide uses
         it too) by ``x_weight`` = beta, so that the objective is log p(y|x) + beta ELBO(x)."""
-        return contextlib.nullcontext() if self.x_weight == 1.0 else poutine.scale(scale=self.x_weight)
+        return (
+            contextlib.nullcontext() if self.x_weight == 1.0 else poutine.scale(scale=self.x_weight)
+        )
 
     # --- the Pyro program ---------------------------------------------------------------------
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
