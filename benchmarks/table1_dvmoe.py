@@ -102,19 +102,8 @@ def table_row(dim: int, label: str, estimator: str, per_seed: list[dict]) -> dic
     return row
 
 
-def main(args: argparse.Namespace) -> None:
-    start = time.perf_counter()
-    table, results = [], {}
-    for dim in args.dims:
-        for label, model_name, options, estimator in runs(args):
-            per_seed = [
-                run_one(model_name, options, estimator, dim, seed, args)
-                for seed in range(args.seed, args.seed + args.seeds)
-            ]
-            key = f"D={dim} {label} ({estimator})"
-            results[key] = per_seed
-            table.append(table_row(dim, label, estimator, per_seed))
-            print(key, table[-1]["mse"], table[-1]["nll"], flush=True)
+def write(args: argparse.Namespace, table: list[dict], results: dict, seconds: float) -> None:
+    """Write the results files (after every input dimension, so a stopped run keeps its rows)."""
     columns = ["D", "model", "estimator", *METRICS, "mse per seed", "seed paper MSE"]
     steps = args.epochs * ((args.n * 6 // 10) // args.batch_size)
     note = (
@@ -132,11 +121,27 @@ def main(args: argparse.Namespace) -> None:
     write_results(
         "table1_dvmoe",
         seed=args.seed,
-        wall_seconds=time.perf_counter() - start,
+        wall_seconds=seconds,
         results=results,
         markdown=note + markdown_table(table, columns) + "\n\n" + args.comment,
         out_dir=args.out,
     )
+
+
+def main(args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    table, results = [], {}
+    for dim in args.dims:
+        for label, model_name, options, estimator in runs(args):
+            per_seed = [
+                run_one(model_name, options, estimator, dim, seed, args)
+                for seed in range(args.seed, args.seed + args.seeds)
+            ]
+            key = f"D={dim} {label} ({estimator})"
+            results[key] = per_seed
+            table.append(table_row(dim, label, estimator, per_seed))
+            print(key, table[-1]["mse"], table[-1]["nll"], flush=True)
+        write(args, table, results, time.perf_counter() - start)
 
 
 if __name__ == "__main__":
