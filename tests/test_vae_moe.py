@@ -162,3 +162,32 @@ def test_bad_options_raise_clear_errors():
         MODELS["dvmoe"].from_data(data, latent_dim=0)
     with pytest.raises(ConfigError, match="no option"):
         MODELS["vade-moe"].from_data(data, label_gate="cluster")
+
+
+def shells_test_mse(name: str, seed: int = 0, **options) -> float:
+    """Test MSE after 300 Adam steps (lr 0.01, batch 40) on the 2-D ``shells`` set, 400 points."""
+    spec = RunSpec(
+        model=name,
+        data="shells",
+        estimator="enum",
+        data_options={"dim": 2, "n": 400, "clusters": 3},
+        model_options={"num_components": 3, "hidden_dim": 32, **options},
+        seed=seed,
+    )
+    data, model, guide, est = build(spec)
+    config = TrainConfig(
+        epochs=50, batch_size=40, lr=0.01, patience=None, seed=seed, progress=False
+    )
+    fit(model, guide, est, data, config)
+    return model.evaluate(data.test.x, data.test.y)["mse"]
+
+
+def test_dvmoe_default_input_weight_beats_the_seeds_weight_on_shells():
+    """DVMoE's default x_weight (0.3) against the seed's objective (x_weight 1) on D = 2, seed 0:
+    test MSE 0.47 vs 3.2 (measured; seed 1 gave 0.78 vs 3.0, and at 1,200 steps seeds 0-4 gave
+    0.0095, 0.021, 2.2, 0.019, 0.88 vs 0.26, 0.21, 5.0, 0.33, 2.9). At weight 1 the input ELBO
+    pulls q(c|x) towards a soft partition that nested shells do not have. The Deep MoE baseline
+    reaches 0.45 on this budget and seed, so DVMoE does not beat it here (README, Table 1)."""
+    default = shells_test_mse("dvmoe")
+    seeds_objective = shells_test_mse("dvmoe", x_weight=1.0)
+    assert default < 0.25 * seeds_objective
