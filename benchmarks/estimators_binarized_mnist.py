@@ -21,10 +21,10 @@ from dataclasses import replace
 
 import torch
 
-from pyro_moe.benchmarking import markdown_table, write_results
+from pyro_moe.benchmarking import fixed_budget, markdown_table, write_results
 from pyro_moe.data import Split, load_dataset
 from pyro_moe.experiment import RunSpec, build
-from pyro_moe.train import TrainConfig, fit
+from pyro_moe.train import fit
 
 #: Jang et al. 2017, Table 1, -ELBO of the categorical VAE on binarized MNIST (their names)
 PUBLISHED = {
@@ -67,15 +67,7 @@ def run_one(name: str, data, args) -> dict:
         seed=args.seed,
     )
     _, model, guide, estimator = build(spec, data)
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=100,
-        lr=args.lr,
-        patience=None,
-        seed=args.seed,
-        progress=False,
-        clip_norm=None,
-    )
+    config = fixed_budget(args.epochs, 100, args.lr, args.seed, clip_norm=None)
     start = time.perf_counter()
     result = fit(model, guide, estimator, data, config)
     train_seconds = time.perf_counter() - start

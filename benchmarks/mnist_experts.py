@@ -20,8 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from pyro_moe import RunSpec, TrainConfig, build, fit  # noqa: E402
-from pyro_moe.benchmarking import markdown_table, write_results  # noqa: E402
+from pyro_moe import RunSpec, build, fit  # noqa: E402
+from pyro_moe.benchmarking import fixed_budget, markdown_table, write_results  # noqa: E402
 from pyro_moe.data import load_dataset  # noqa: E402
 
 MODELS = {
@@ -66,14 +66,7 @@ def main(args: argparse.Namespace) -> None:
             seed=args.seed,
         )
         _, model, guide, estimator = build(spec, data)
-        config = TrainConfig(
-            epochs=args.epochs,
-            batch_size=100,
-            lr=args.lr,
-            patience=None,
-            seed=args.seed,
-            progress=False,
-        )
+        config = fixed_budget(args.epochs, 100, args.lr, args.seed)
         t0 = time.perf_counter()
         fit(model, guide, estimator, data, config)
         metrics = model.evaluate(data.test.x, data.test.y)

@@ -24,6 +24,22 @@ from pyro_moe.runs import versions
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
+def fixed_budget(epochs: int, batch_size: int, lr: float, seed: int, **options: Any) -> Any:
+    """The :class:`~pyro_moe.train.TrainConfig` of a benchmark run: exactly ``epochs`` epochs (no
+    early stopping), no progress bar; ``options`` sets any other field."""
+    from pyro_moe.train import TrainConfig
+
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        patience=None,
+        progress=False,
+        **options,
+    )
+
+
 def machine() -> str:
     """A one-line description of this machine (CPU count, processor, OS)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

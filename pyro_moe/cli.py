@@ -168,22 +168,30 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-figures", action="store_true")
 
 
-def cmd_compare_estimators(args: argparse.Namespace) -> int:
-    from pyro_moe.compare import compare_estimators
+def _spec_from_args(args: argparse.Namespace, seed: int, **spec_fields: Any) -> Any:
+    """The :class:`~pyro_moe.experiment.RunSpec` named by the shared ``MODEL --data --guide -K
+    -o --data-option`` arguments; ``spec_fields`` adds what only one command has."""
     from pyro_moe.experiment import RunSpec
-    from pyro_moe.train import TrainConfig
 
     model_options = parse_options(args.option, "model")
     if args.num_components is not None:
         model_options["num_components"] = args.num_components
-    spec = RunSpec(
+    return RunSpec(
         model=args.model,
         data=args.data,
         guide=args.guide,
         model_options=model_options,
         data_options=parse_options(args.data_option, "data"),
-        seed=args.seed,
+        seed=seed,
+        **spec_fields,
     )
+
+
+def cmd_compare_estimators(args: argparse.Namespace) -> int:
+    from pyro_moe.compare import compare_estimators
+    from pyro_moe.train import TrainConfig
+
+    spec = _spec_from_args(args, seed=args.seed)
     train = {"epochs": args.epochs, "seed": args.seed, "progress": False, "patience": None}
     train.update({k: getattr(args, k) for k in ("batch_size", "lr") if getattr(args, k)})
     names = [n.strip() for n in args.estimators.split(",") if n.strip()]
@@ -224,7 +232,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pyro_moe.experiment import RunSpec, resume_spec, run_experiment
+    from pyro_moe.experiment import resume_spec, run_experiment
     from pyro_moe.runs import RunFolder
     from pyro_moe.train import TrainConfig
 
@@ -234,18 +242,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.model or not args.data:
             raise ConfigError("train needs a MODEL and --data (or --resume with --out)")
-        model_options = parse_options(args.option, "model")
-        if args.num_components is not None:
-            model_options["num_components"] = args.num_components
-        spec = RunSpec(
-            model=args.model,
-            data=args.data,
-            estimator=args.estimator,
-            guide=args.guide,
-            model_options=model_options,
-            data_options=parse_options(args.data_option, "data"),
-            estimator_options=parse_options(args.estimator_option, "estimator"),
+        spec = _spec_from_args(
+            args,
             seed=overrides.get("seed", 0),
+            estimator=args.estimator,
+            estimator_options=parse_options(args.estimator_option, "estimator"),
         )
         config = TrainConfig(**overrides)
         if args.overwrite and _is_main_process(config):
