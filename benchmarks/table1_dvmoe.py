@@ -23,8 +23,8 @@ import time
 
 import torch
 
-from pyro_moe import RunSpec, TrainConfig, build, fit, metrics
-from pyro_moe.benchmarking import markdown_table, write_results
+from pyro_moe import RunSpec, build, fit, metrics
+from pyro_moe.benchmarking import fixed_budget, markdown_table, write_results
 
 #: the seed's Table 1 (test MSE): Deep MoE and DVMoE, by input dimension
 PUBLISHED = {1: (10.0424, 0.0312), 2: (20.4247, 0.0434), 5: (180.117, 96.1049)}
@@ -61,14 +61,7 @@ def run_one(model_name, options, estimator, dim, seed, args) -> dict:
         seed=seed,
     )
     data, model, guide, est = build(spec)
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        patience=None,
-        seed=seed,
-        progress=False,
-    )
+    config = fixed_budget(args.epochs, args.batch_size, args.lr, seed)
     start = time.perf_counter()
     fit(model, guide, est, data, config)
     seconds = time.perf_counter() - start

@@ -11,6 +11,7 @@ import torch
 from pyro import poutine
 
 from pyro_moe import RunSpec, TrainConfig, build, fit
+from pyro_moe.benchmarking import fixed_budget
 from pyro_moe.errors import ConfigError
 from pyro_moe.experiment import build_estimator
 from pyro_moe.registry import GUIDES, MODELS
@@ -175,9 +176,7 @@ def shells_test_mse(name: str, seed: int = 0, **options) -> float:
         seed=seed,
     )
     data, model, guide, est = build(spec)
-    config = TrainConfig(
-        epochs=50, batch_size=40, lr=0.01, patience=None, seed=seed, progress=False
-    )
+    config = fixed_budget(epochs=50, batch_size=40, lr=0.01, seed=seed)
     fit(model, guide, est, data, config)
     return model.evaluate(data.test.x, data.test.y)["mse"]
 
