@@ -111,6 +111,12 @@ class VaeGatedMoE(MixturePrior, PyroModel):
     max_plate_nesting = 1
     monitor = "valid_nll"
     tasks = ("regression", "classification")
+    smoke_spec = {
+        "data": "shells",
+        "data_options": {"n": 60, "dim": 2, "clusters": 2},
+        "model_options": {"num_components": 2, "hidden_dim": 8},
+        "estimator": "enum",
+    }
 
     def __init__(
         self,
@@ -266,12 +272,6 @@ class VadeGatedMoE(VaeGatedMoE):
     default_guide = "vade-moe"
     exact_guide = "vade-moe"
     learn_weights = True
-    smoke_spec = {
-        "data": "shells",
-        "data_options": {"n": 60, "dim": 2, "clusters": 2},
-        "model_options": {"num_components": 2, "hidden_dim": 8},
-        "estimator": "enum",
-    }
 
     def __init__(
         self, input_dim: int, output_dim: int, task: str = "regression", **options: Any
@@ -303,12 +303,6 @@ class DVMoE(VaeGatedMoE):
     default_guide = "dvmoe"
     exact_guide = "dvmoe"
     learn_weights = False
-    smoke_spec = {
-        "data": "shells",
-        "data_options": {"n": 60, "dim": 2, "clusters": 2},
-        "model_options": {"num_components": 2, "hidden_dim": 8},
-        "estimator": "enum",
-    }
 
     def __init__(
         self,
