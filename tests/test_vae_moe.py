@@ -161,6 +161,8 @@ def test_bad_options_raise_clear_errors():
         MODELS["vade-moe"](2, 1, label_gate="encoder")
     with pytest.raises(ConfigError, match="latent_dim"):
         MODELS["dvmoe"].from_data(data, latent_dim=0)
+    with pytest.raises(ConfigError, match="x_weight"):
+        MODELS["dvmoe"].from_data(data, x_weight=0.0)
     with pytest.raises(ConfigError, match="no option"):
         MODELS["vade-moe"].from_data(data, label_gate="cluster")
 
