@@ -4,8 +4,8 @@ Trains both on the first ``--limit`` rows of every MNIST split (task "classifica
 test accuracy and NLL, and which digits each expert takes: for every test image the expert with
 the largest gate probability, counted per digit (``mnist_experts.png``: one bar chart per model).
 
-    python benchmarks/mnist_experts.py                        # the committed (reduced) budget
-    python benchmarks/mnist_experts.py --limit 200 --epochs 1 # smoke run
+    python benchmarks/mnist_experts.py --limit 10000 --epochs 10  # the committed budget
+    python benchmarks/mnist_experts.py --limit 200 --epochs 1     # smoke run
 """
 
 from __future__ import annotations
@@ -27,6 +27,15 @@ from pyro_moe.data import load_dataset  # noqa: E402
 MODELS = {
     "softmax gate (Deep MoE)": ("moe", {"gate": "mlp", "expert": "linear"}),
     "DMVAE gate (DVMoE)": ("dvmoe", {"expert": "linear", "latent_dim": 10}),
+    "DMVAE gate (DVMoE, seed's x_weight 1)": (
+        "dvmoe",
+        {"expert": "linear", "latent_dim": 10, "x_weight": 1.0},
+    ),
+    # 784 pixel likelihoods outweigh log p(y|x) unless the input ELBO is scaled down
+    "DMVAE gate (DVMoE, x_weight 0.003)": (
+        "dvmoe",
+        {"expert": "linear", "latent_dim": 10, "x_weight": 0.003},
+    ),
 }
 
 
