@@ -6,14 +6,20 @@ offers ``estimate_losses`` (one forward pass with an ``estimates`` plate), the h
 ``--estimates`` gradient estimates
 
 * ``loop``: one forward and one backward pass per estimate;
-* ``vectorised``: forward passes with E particles at once, then batched backward passes
-  (``torch.autograd.grad(..., is_grads_batched=True)``), in chunks of ``--chunk``.
+* ``vectorised``: per-estimate gradients by ``torch.func.vmap(grad(loss), randomness="different")``
+  (:mod:`pyro_moe.vectorised`), ``--chunk`` estimates per Pyro pass (default: picked from the
+  batch size). A warm-up call first pays torch.func's one-time initialisation (reported as
+  ``warmup_s``, not in the rate).
 
 Both must estimate the same expected gradient: the benchmark checks that their means agree
 within 5 standard errors of the difference (per coordinate, the largest z-score is reported).
 Target (issue 7): vectorised >= 10x the loop's estimates per second for E = 1,000.
 
-    python benchmarks/harness_speed.py                 # full protocol, E = 1000
+The row ``hand-gumbel`` is the ``gumbel`` estimator's loss written by hand in PyTorch
+(``overhead.hand_moe_relaxed``) through the same two harness modes: what the loop and the
+vectorised mode cost without Pyro, i.e. the floor the vectorised Pyro path can approach.
+
+    python benchmarks/harness_speed.py                 # full protocol, E = 1000, 1 and 2 threads
     python benchmarks/harness_speed.py --estimates 8   # smoke run
 """
 
@@ -24,6 +30,8 @@ import time
 
 import pyro
 import torch
+from overhead import hand_moe_relaxed
+from torch import nn
 
 from pyro_moe.benchmarking import markdown_table, write_results
 from pyro_moe.experiment import build_estimator
@@ -31,7 +39,19 @@ from pyro_moe.registry import GUIDES, MODELS
 from pyro_moe.variance import gradient_samples
 
 TARGET_SPEEDUP = 10.0
-ESTIMATORS = ("rloo", "vimco", "nvil", "gumbel", "st-gumbel", "question")
+ESTIMATORS = ("rloo", "vimco", "nvil", "gumbel", "st-gumbel", "question", "hand-gumbel")
+
+
+class HandGumbel(nn.Module):
+    """The ``gumbel`` loss written by hand, behind the estimator interface the harness calls."""
+
+    name = "hand-gumbel"
+
+    def check(self, guide) -> None:
+        pass
+
+    def loss(self, model, guide, x, y):
+        return hand_moe_relaxed(model.__self__, guide, x, y)
 
 
 def small_moe(seed: int, rows: int = 1000):
@@ -51,6 +71,10 @@ def time_samples(estimator, model, guide, args, params, n, vectorize, chunk):
     return samples, time.perf_counter() - start
 
 
+def build(name: str, model):
+    return HandGumbel() if name == HandGumbel.name else build_estimator(name, model)
+
+
 def max_z(a: torch.Tensor, b: torch.Tensor) -> float:
     """The largest per-coordinate z-score of mean(a) - mean(b)."""
     se = (a.var(0) / len(a) + b.var(0) / len(b)).sqrt()
@@ -60,10 +84,11 @@ def max_z(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def measure(name: str, rows: int, args: argparse.Namespace) -> dict:
     model, guide, batch = small_moe(args.seed, rows)
-    estimator = build_estimator(name, model)
+    estimator = build(name, model)
     estimator.check(guide)  # builds learned baselines (nvil) for this guide
     params = [p for m in (model, guide) for p in m.parameters()]
     torch.manual_seed(args.seed)
+    _, t_warm = time_samples(estimator, model, guide, batch, params, 2, True, args.chunk)
     loop, t_loop = time_samples(estimator, model, guide, batch, params, args.estimates, False, 1)
     vec, t_vec = time_samples(
         estimator, model, guide, batch, params, args.estimates, True, args.chunk
@@ -72,7 +97,9 @@ def measure(name: str, rows: int, args: argparse.Namespace) -> dict:
     return {
         "estimator": name,
         "rows": rows,
+        "threads": torch.get_num_threads(),
         "estimates": args.estimates,
+        "warmup_s": t_warm,
         "loop_per_s": args.estimates / t_loop,
         "vectorised_per_s": args.estimates / t_vec,
         "speedup": t_loop / t_vec,
@@ -83,15 +110,18 @@ def measure(name: str, rows: int, args: argparse.Namespace) -> dict:
 
 
 def report(rows: list[dict], args: argparse.Namespace) -> str:
-    columns = ["estimator", "rows", "estimates", "loop_per_s", "vectorised_per_s", "speedup"]
+    columns = ["estimator", "rows", "threads", "estimates", "warmup_s", "loop_per_s"]
+    columns += ["vectorised_per_s", "speedup"]
     columns += ["max_z_means", "means_agree", "target_met"]
     return "\n".join(
         [
             "# Variance harness: gradient estimates per second, loop vs vectorised\n",
             "Small MoE (D=5, K=8, MLP gate width 64, posterior guide) on a batch of N rows "
             f"(N = {args.rows}; issue 7's problem is N = 1000), E = "
-            f"{args.estimates} estimates per estimator, vectorised in chunks of {args.chunk}, "
-            f"{args.threads} thread(s), CPU only (no GPU machine was lent to this task). Target: "
+            f"{args.estimates} estimates per estimator, vectorised in chunks of "
+            f"{args.chunk or 'about 131072 / N (picked from the batch size)'} estimates, "
+            f"torch threads {args.threads} (0: torch's default), CPU only: no GPU machine was "
+            "lent to this task. Target: "
             f"speedup >= {TARGET_SPEEDUP:g}x. `max_z_means`: the largest per-coordinate z-score "
             "between the two modes' mean gradients (they estimate the same expectation; "
             "`means_agree` allows 5 + 0.5 log(#coordinates)).\n",
@@ -103,13 +133,15 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    rows = [
-        measure(name, n, args)
-        for n in map(int, args.rows.split(","))
-        for name in args.estimators.split(",")
-    ]
+    default_threads = torch.get_num_threads()
+    rows = []
+    for threads in map(int, args.threads.split(",")):
+        torch.set_num_threads(threads or default_threads)
+        for n in map(int, args.rows.split(",")):
+            for name in args.estimators.split(","):
+                rows.append(measure(name, n, args))
+                print(rows[-1], flush=True)
     markdown = report(rows, args)
     write_results(
         "harness_speed",
@@ -126,9 +158,13 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--estimates", type=int, default=1000)
     p.add_argument("--rows", default="1000,50", help="batch sizes, comma-separated")
-    p.add_argument("--chunk", type=int, default=64, help="estimates per vectorised pass")
+    p.add_argument(
+        "--chunk", type=int, default=None, help="estimates per vectorised pass (default: auto)"
+    )
     p.add_argument("--estimators", default=",".join(ESTIMATORS))
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--threads", default="1,0", help="torch thread counts, comma-separated (0: default)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results")
     return p.parse_args()

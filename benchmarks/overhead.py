@@ -5,8 +5,8 @@ hits them alike) and medians over many steps:
 
 * small MoE: N=1000 rows, D=5, K=8 experts, MLP gate with hidden width 64, linear regression
   experts (the library's ``moe``). Pyro paths: ``enum`` (the default: the collapsed one-pass path),
-  ``enum`` with ``fast=False`` (TraceEnum_ELBO), ``JitTraceEnum_ELBO``, ``reinforce`` with the
-  posterior guide; each beside the hand-written loss it computes.
+  ``enum`` with ``fast=False`` (TraceEnum_ELBO), ``JitTraceEnum_ELBO``, ``reinforce``, ``gumbel``
+  and ``st-gumbel`` with the posterior guide; each beside the hand-written loss it computes.
 * MNIST scale: the library's VaDE (Jiang et al. 2017; guide ``vae``: z reparameterised in the
   guide, c enumerated in the model) and DMVAE (seeds/000; guide ``dmvae`` with its own q(c|x),
   c enumerated in the guide), batch 256, encoder 784-500-500-2000 -> 10-d z, mirrored Bernoulli
@@ -36,6 +36,7 @@ from torch import nn
 from pyro_moe.benchmarking import markdown_table, write_results
 from pyro_moe.data import split_arrays
 from pyro_moe.estimators import ESTIMATORS
+from pyro_moe.estimators.relaxed import gumbel_like, one_hot
 from pyro_moe.registry import GUIDES, MODELS
 
 TARGETS = {"small MoE": 1.3, "MNIST scale (VaDE, DMVAE)": 1.1}
@@ -80,6 +81,26 @@ def hand_moe_reinforce(model, guide, x, y) -> torch.Tensor:
     return surrogate + (-elbo - surrogate).detach()
 
 
+def hand_moe_relaxed(model, guide, x, y, temperature: float = 1.0, hard: bool = False):
+    """Jang et al.'s relaxed objective with q(c|x, y), written out (``gumbel`` / ``st-gumbel``):
+
+    w = softmax((log q + g) / tau), g ~ Gumbel (drawn as the library draws it, same RNG call);
+    straight-through (``hard``): w = onehot(argmax w) + w - stop(w);
+    loss = -sum_n [log N(y_n; sum_k w_nk f_k(x_n), sum_k w_nk s_k) - KL(q(.|x_n, y_n) || p(.|x_n))].
+    """
+    log_q = torch.log_softmax(guide.logits(x, y), -1)  # [N, K]
+    log_p = torch.log_softmax(model.gate(x), -1)
+    w = torch.softmax((log_q + gumbel_like(log_q)) / temperature, -1)
+    if hard:
+        w = one_hot(w.argmax(-1), w.shape[-1], w.dtype) + w - w.detach()
+    kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+    loc = (w[..., None] * model.experts(x)).sum(-2)  # [N, M]
+    scale = (w[..., None] * model.expert_scale()).sum(-2)
+    z = (y - loc) / scale
+    log_lik = (-0.5 * z**2 - scale.log() - 0.9189385332046727).sum(-1)
+    return -(log_lik - kl).sum()
+
+
 def moe_methods(seed: int, device: str) -> tuple[dict[str, tuple[Step, Step]], list[nn.Module]]:
     pyro.clear_param_store()
     model, x, y = small_moe(seed, device)
@@ -87,6 +108,7 @@ def moe_methods(seed: int, device: str) -> tuple[dict[str, tuple[Step, Step]], l
     fast, general = ESTIMATORS["enum"](), ESTIMATORS["enum"](fast=False)
     jit = ESTIMATORS["enum"](fast=False, jit=True)
     reinforce = ESTIMATORS["reinforce"]()
+    gumbel, st_gumbel = ESTIMATORS["gumbel"](), ESTIMATORS["st-gumbel"]()
     exact = lambda: hand_moe_exact(model, x, y)  # noqa: E731
     methods = {
         "enum (default: collapsed fast path)": (lambda: fast.loss(model.model, none, x, y), exact),
@@ -95,6 +117,14 @@ def moe_methods(seed: int, device: str) -> tuple[dict[str, tuple[Step, Step]], l
         "reinforce (posterior guide)": (
             lambda: reinforce.loss(model.model, posterior, x, y),
             lambda: hand_moe_reinforce(model, posterior, x, y),
+        ),
+        "gumbel (posterior guide)": (
+            lambda: gumbel.loss(model.model, posterior, x, y),
+            lambda: hand_moe_relaxed(model, posterior, x, y, gumbel.temperature()),
+        ),
+        "st-gumbel (posterior guide)": (
+            lambda: st_gumbel.loss(model.model, posterior, x, y),
+            lambda: hand_moe_relaxed(model, posterior, x, y, st_gumbel.temperature(), hard=True),
         ),
     }
     return methods, [model, posterior]

@@ -33,7 +33,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pyro import distributions as dist
 from pyro.poutine.messenger import Messenger
 from torch.distributions import constraints
