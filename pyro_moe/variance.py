@@ -114,24 +114,23 @@ def gradient_samples(
     if num_estimates < 2:
         raise ConfigError(f"the harness needs at least 2 estimates, got {num_estimates}")
     if vectorize:
-        first = _single(estimator, model, guide, args, params)
+        first = _single(estimator, model, guide, args, params)  # with Pyro's validation
         try:
             rest = per_estimate_gradients(
                 estimator, model, guide, args, params, num_estimates - 1, chunk
             )
-            return torch.cat([first[None], rest])
         except NotVectorisable as e:
             warnings.warn(
                 f"estimator {estimator.name!r} cannot be vectorised ({e}); using the loop",
                 stacklevel=2,
             )
-            return torch.stack(
-                [first]
-                + [_single(estimator, model, guide, args, params) for _ in range(num_estimates - 1)]
-            )
-    return torch.stack(
-        [_single(estimator, model, guide, args, params) for _ in range(num_estimates)]
-    )
+            rest = _loop(estimator, model, guide, args, params, num_estimates - 1)
+        return torch.cat([first[None], rest])
+    return _loop(estimator, model, guide, args, params, num_estimates)
+
+
+def _loop(estimator, model, guide, args, params, n: int) -> torch.Tensor:
+    return torch.stack([_single(estimator, model, guide, args, params) for _ in range(n)])
 
 
 def _single(estimator, model, guide, args, params) -> torch.Tensor:
