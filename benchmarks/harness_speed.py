@@ -46,6 +46,7 @@ class HandGumbel(nn.Module):
     """The ``gumbel`` loss written by hand, behind the estimator interface the harness calls."""
 
     name = "hand-gumbel"
+    vectorisable = True
 
     def check(self, guide) -> None:
         pass

@@ -109,11 +109,12 @@ def gradient_samples(
 
     ``vectorize``: per-estimate gradients by ``torch.func`` in chunks of ``chunk`` estimates
     (None: picked from the batch size), see :mod:`pyro_moe.vectorised`; one ordinary estimate
-    first runs the program with Pyro's validation. A program vmap cannot run falls back to the
-    loop with a warning."""
+    first runs the program with Pyro's validation. Estimators that declare
+    ``vectorisable = False`` use the loop; a program vmap cannot run falls back to the loop with
+    a warning."""
     if num_estimates < 2:
         raise ConfigError(f"the harness needs at least 2 estimates, got {num_estimates}")
-    if vectorize:
+    if vectorize and estimator.vectorisable:
         first = _single(estimator, model, guide, args, params)  # with Pyro's validation
         try:
             rest = per_estimate_gradients(
