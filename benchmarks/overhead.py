@@ -355,7 +355,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
         "6.17 ms (3.3x), JitTraceEnum_ELBO 4.51 ms (2.4x); an earlier attempt at the fast path "
         "measured hand 4.20 ms, TraceEnum 8.31 ms (1.98x), fast path 5.54 ms (1.32x).\n\n"
         "The JIT rows of the VaDE model differ from the hand-written loss (by ~1e-3 relative) and "
-        "gradient (by a different draw's gradient, ~1 relative) because the traced program draws "
+        "gradient (by a different draw's gradient: O(1) relative) because the traced program draws "
         "its reparameterisation noise through a different call than the eager one; the eager "
         "rows agree with the same noise to rounding.\n\n"
         "The `gumbel` and `st-gumbel` rows compare the library's relaxed estimators (posterior "
