@@ -15,18 +15,18 @@ experts, encoder, ... see :func:`parameter_groups`) the table reports
     seconds     wall seconds per estimate
     work_variance   variance x seconds           (variance at a fixed compute budget)
 
-Estimates are vectorised where the estimator allows: one forward pass with an ``estimates`` plate
-of size E (:meth:`~pyro_moe.estimators.sampled.SampledEstimator.estimate_losses`), then one
-batched backward ``torch.autograd.grad(losses, params, grad_outputs=eye(E),
-is_grads_batched=True)`` in chunks of 64 (the batched backward costs grow with
-chunk x E). ``vectorize=False`` (or an estimator without ``estimate_losses``) uses a
-Python loop of single estimates, each with its own forward and backward pass.
+Estimates are vectorised: ``torch.func.vmap`` over ``torch.func.grad`` of the estimator's loss with
+independent randomness per estimate, a chunk of estimates per Pyro pass
+(:func:`~pyro_moe.vectorised.per_estimate_gradients`; the cost is linear in E). ``vectorize=False``
+(or a program vmap cannot run) uses a Python loop of single estimates, each with its own forward
+and backward pass.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +37,7 @@ from torch import nn
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.base import Estimator
 from pyro_moe.estimators.enum import Enumerate
+from pyro_moe.vectorised import NotVectorisable, per_estimate_gradients
 
 #: the columns of a harness table, in order
 COLUMNS = (
@@ -102,50 +103,40 @@ def gradient_samples(
     params: Sequence[nn.Parameter],
     num_estimates: int,
     vectorize: bool = True,
-    chunk: int = 64,
+    chunk: int | None = None,
 ) -> torch.Tensor:
-    """``num_estimates`` independent gradient estimates of the negative objective: ``[E, P]``."""
+    """``num_estimates`` independent gradient estimates of the negative objective: ``[E, P]``.
+
+    ``vectorize``: per-estimate gradients by ``torch.func`` in chunks of ``chunk`` estimates
+    (None: picked from the batch size), see :mod:`pyro_moe.vectorised`; one ordinary estimate
+    first runs the program with Pyro's validation. Estimators that declare
+    ``vectorisable = False`` use the loop; a program vmap cannot run falls back to the loop with
+    a warning."""
     if num_estimates < 2:
         raise ConfigError(f"the harness needs at least 2 estimates, got {num_estimates}")
-    if vectorize and hasattr(estimator, "estimate_losses"):
-        out, left = [], num_estimates
-        while left > 0:
-            n = min(chunk, left)
-            out.append(_batched(estimator, model, guide, args, params, n))
-            left -= n
-        return torch.cat(out)
-    return torch.stack(
-        [_single(estimator, model, guide, args, params) for _ in range(num_estimates)]
-    )
+    if vectorize and estimator.vectorisable:
+        first = _single(estimator, model, guide, args, params)  # with Pyro's validation
+        try:
+            rest = per_estimate_gradients(
+                estimator, model, guide, args, params, num_estimates - 1, chunk
+            )
+        except NotVectorisable as e:
+            warnings.warn(
+                f"estimator {estimator.name!r} cannot be vectorised ({e}); using the loop",
+                stacklevel=2,
+            )
+            rest = _loop(estimator, model, guide, args, params, num_estimates - 1)
+        return torch.cat([first[None], rest])
+    return _loop(estimator, model, guide, args, params, num_estimates)
+
+
+def _loop(estimator, model, guide, args, params, n: int) -> torch.Tensor:
+    return torch.stack([_single(estimator, model, guide, args, params) for _ in range(n)])
 
 
 def _single(estimator, model, guide, args, params) -> torch.Tensor:
     loss = estimator.loss(model.model, guide, *args)
     return _flat(torch.autograd.grad(loss, params, allow_unused=True), params)
-
-
-def _batched(estimator, model, guide, args, params, n: int) -> torch.Tensor:
-    losses = estimator.estimate_losses(model.model, guide, n, *args)
-    eye = torch.eye(n, dtype=losses.dtype, device=losses.device)
-    try:
-        grads = torch.autograd.grad(
-            losses, params, grad_outputs=eye, is_grads_batched=True, allow_unused=True
-        )
-    except RuntimeError:  # an op without a batching rule: one backward per estimate instead
-        rows = [
-            _flat(
-                torch.autograd.grad(losses[i], params, retain_graph=True, allow_unused=True), params
-            )
-            for i in range(n)
-        ]
-        return torch.stack(rows)
-    parts = [
-        (torch.zeros((n,) + p.shape, dtype=p.dtype, device=p.device) if g is None else g).reshape(
-            n, -1
-        )
-        for g, p in zip(grads, params, strict=True)
-    ]
-    return torch.cat(parts, 1)
 
 
 def summarize(samples: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:

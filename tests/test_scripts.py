@@ -28,7 +28,10 @@ BENCHMARK_SMOKE_ARGS = {
         "2",
     ],
     "bishop_objectives.py": ["--epochs", "1"],
-    "harness_speed.py": ["--estimates", "4", "--chunk", "2", "--estimators", "rloo,gumbel"],
+    "harness_speed.py": [
+        *("--estimates", "4", "--chunk", "2", "--estimators", "rloo,gumbel,hand-gumbel"),
+        *("--threads", "1"),
+    ],
     "memory.py": ["--steps", "2", "--growth-steps", "12", "--growth-rows", "60", "--batches", "4"],
     "clustering_mnist.py": [
         *("--data", "digits", "--limit", "200", "--hidden", "16", "--latent-dim", "4"),

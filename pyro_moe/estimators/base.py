@@ -41,6 +41,8 @@ class Estimator(nn.Module):
     needs_guide_site: ClassVar[bool] = True
     #: whether E[gradient] equals the exact gradient of the discrete objective
     unbiased: ClassVar[bool] = True
+    #: whether the variance harness may draw estimates with torch.func.vmap (pyro_moe.vectorised)
+    vectorisable: ClassVar[bool] = True
 
     def __init__(self, *, num_particles: int = 1, max_plate_nesting: int = 1) -> None:
         super().__init__()

@@ -39,6 +39,8 @@ class Enumerate(Estimator):
 
     name = "enum"
     needs_guide_site = False
+    # TraceEnum_ELBO contracts with autograd.Functions that torch.func cannot transform
+    vectorisable = False
 
     def __init__(
         self,

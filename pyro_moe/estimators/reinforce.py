@@ -66,6 +66,8 @@ class ReinforceAverageBaseline(Reinforce):
     """Score-function gradient with a decaying-average baseline (TraceGraph_ELBO baseline)."""
 
     name = "reinforce-avg"
+    # the baseline is state updated by every estimate: estimates are drawn one after another
+    vectorisable = False
 
     def __init__(
         self, *, num_particles: int = 1, max_plate_nesting: int = 1, beta: float = 0.9

@@ -33,7 +33,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pyro import distributions as dist
 from pyro.poutine.messenger import Messenger
 from torch.distributions import constraints
@@ -51,13 +50,21 @@ def gumbel_like(logits: torch.Tensor) -> torch.Tensor:
     return -torch.log(-torch.log(u))
 
 
+def one_hot(index: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """``F.one_hot(index, k).to(dtype)`` by a scatter: ``F.one_hot`` checks its indices with a
+    data-dependent branch, which ``torch.func.vmap`` (the vectorised harness) cannot trace."""
+    out = torch.zeros(index.shape + (k,), dtype=dtype, device=index.device)
+    return out.scatter(-1, index.unsqueeze(-1), 1.0)
+
+
 def conditional_gumbels(logits: torch.Tensor, index: torch.Tensor, m: int) -> torch.Tensor:
     """``m`` draws of logits + Gumbel noise conditioned on argmax == ``index`` (Paulus et al.,
     App. B, via exponential races): ``[m, ..., K]``, computed in log space."""
     shape = (m,) + logits.shape
-    log_e = torch.log(torch.empty(shape, dtype=logits.dtype, device=logits.device).exponential_())
+    # log E for E ~ Exp(1) is minus a standard Gumbel (out of place: vmap-safe)
+    log_e = -gumbel_like(logits.new_empty(shape))
     log_z = torch.logsumexp(logits, -1, keepdim=True)
-    top = F.one_hot(index, logits.shape[-1]).bool()
+    top = one_hot(index, logits.shape[-1], torch.bool)
     log_e_top = (log_e * top).sum(-1, keepdim=True)
     top_value = log_z - log_e_top  # the max: Gumbel(logsumexp(logits))
     others = -torch.logaddexp(log_e - logits, log_e_top - log_z)
@@ -105,7 +112,7 @@ class RelaxedGate(dist.TorchDistribution):
         if self.form == "soft":
             w = soft
         else:
-            hard = F.one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype)
+            hard = one_hot(y.argmax(-1), y.shape[-1], y.dtype)
             if self.form == "rao":
                 perturbed = conditional_gumbels(logits, y.argmax(-1), self.num_samples)
                 soft = torch.softmax(perturbed / self.temperature, -1).mean(0)
