@@ -69,13 +69,16 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-decay", type=float, default=0.9, help="lr factor every --decay-every")
     p.add_argument("--decay-every", type=int, default=10)
     p.add_argument("--budget-minutes", type=float, default=None, help="cut each ELBO run")
+    p.add_argument("--pretrain-minutes", type=float, default=None, help="cut the pretraining")
 
 
 def recipe_text(args: argparse.Namespace) -> str:
     """One sentence describing the recipe that ran."""
+    minutes = getattr(args, "pretrain_minutes", None)
+    pretrain_cut = f" (cut at {minutes} min)" if minutes else ""
     return (
         f"hidden {args.hidden}, latent {args.latent_dim}; denoising AE pretraining "
-        f"{args.pretrain_epochs} epochs (input dropout {args.ae_noise}, batch "
+        f"{args.pretrain_epochs} epochs{pretrain_cut} (input dropout {args.ae_noise}, batch "
         f"{args.pretrain_batch_size}, Adam lr {args.pretrain_lr}), diagonal GMM init (best of "
         f"{args.gmm_restarts} EM restarts), then up to {args.epochs} ELBO epochs (enum), batch "
         f"{args.batch_size}, Adam lr {args.lr} times {args.lr_decay} every {args.decay_every} "
@@ -84,12 +87,13 @@ def recipe_text(args: argparse.Namespace) -> str:
 
 
 def stop_after(seconds: float | None):
-    """A fit callback that ends training after the epoch in which ``seconds`` of wall time passed
-    (the run then reports the epochs it did)."""
+    """A fit callback that ends training before an epoch that would end past ``seconds`` of wall
+    time at the mean epoch time so far (the run then reports the epochs it did)."""
 
     def callback(trainer) -> None:
-        if seconds is not None and trainer.state.wall_seconds >= seconds:
-            trainer.state.stop_reason = "time-budget"
+        state = trainer.state
+        if seconds is not None and state.wall_seconds * (state.epoch + 1) / state.epoch > seconds:
+            state.stop_reason = "time-budget"
 
     return callback
 
@@ -103,19 +107,22 @@ def load(args: argparse.Namespace):
     return load_dataset(args.data, seed=args.seed, **({"n": args.limit} if args.limit else {}))
 
 
-def accuracy_callback(split):
+def accuracy_callback(split, verbose: bool = True):
+    """A fit callback: clustering scores on ``split`` after each epoch (printed if ``verbose``)."""
+
     def callback(trainer) -> dict[str, float]:
         with torch.random.fork_rng(devices=[]):
             predicted = trainer.model.predict_cluster(split.x)
         scores = metrics.clustering_scores(split.labels, predicted)
         state = trainer.state
-        print(f"epoch {state.epoch} {state.wall_seconds:.0f}s accuracy {scores['accuracy']:.4f}")
+        if verbose:
+            print(f"epoch {state.epoch} {state.wall_seconds:.0f}s accuracy {scores['accuracy']:.4f}")
         return {f"curve_{k}": v for k, v in scores.items()}
 
     return callback
 
 
-def train_one(name, model, data, args) -> dict:
+def train_one(name, model, data, args, verbose: bool = True) -> dict:
     """Fit ``model`` (VaDE or DMVAE, after :func:`pretrain_models`) with ``enum`` and the recipe's
     schedule; scores on every training row, the learning curve and the q(c|x) timing."""
     guide = GUIDES[name](model)
@@ -132,7 +139,7 @@ def train_one(name, model, data, args) -> dict:
     start = time.perf_counter()
     budget = args.budget_minutes * 60 if args.budget_minutes else None
     callbacks = [
-        accuracy_callback(data.valid),
+        accuracy_callback(data.valid, verbose),
         lr_step_decay(args.lr_decay, args.decay_every),
         stop_after(budget),
     ]
@@ -220,10 +227,12 @@ def pretrain_models(data, args, seed: int, names: str = "vade,dmvae", **options)
         seed=seed,
         n_init=args.gmm_restarts,
         noise=args.ae_noise,
+        max_seconds=args.pretrain_minutes * 60 if args.pretrain_minutes else None,
     )
     info = {
         "pretrain_seconds": round(time.perf_counter() - start, 1),
         "pretrain_losses": init["pretrain_losses"],
+        "pretrain_epochs_run": len(init["pretrain_losses"]),
         "gmm_init": metrics.clustering_scores(data.train.labels, vade.predict_cluster(data.train.x)),
     }
     models = {"vade": vade}

@@ -196,14 +196,22 @@ def pretrain_and_init(
     seed: int = 0,
     n_init: int = 1,
     noise: float = 0.0,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
     """The paper's recipe before the ELBO: autoencoder pretraining (denoising with input-dropout
     rate ``noise``), then GMM initialisation of the prior from the best of ``n_init`` EM restarts
-    (highest likelihood), and, for models with a q(c|x) network, its warm start from the GMM.
+    (highest likelihood), and, for models with a q(c|x) network, its warm start from the GMM;
+    ``max_seconds`` cuts the pretraining (:meth:`~pyro_moe.models.vae.VAE.pretrain_autoencoder`).
     Returns ``{"pretrain_losses": [...], "gmm": fitted scikit-learn model}``."""
     torch.manual_seed(seed)
     losses = model.pretrain_autoencoder(
-        x, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, noise=noise
+        x,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        noise=noise,
+        max_seconds=max_seconds,
     )
     gmm = model.init_prior_from_gmm(x, seed=seed, n_init=n_init)
     if hasattr(model, "init_cluster_net"):

@@ -20,6 +20,7 @@ References:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -164,21 +165,27 @@ class VAE(PyroModel):
         lr: float = 1e-3,
         seed: int = 0,
         noise: float = 0.0,
+        max_seconds: float | None = None,
     ) -> list[float]:
         """Train encoder mean and decoder as an autoencoder (VaDE's pretraining) with Adam;
-        ``noise``: the input-dropout rate of a denoising autoencoder (0: plain). Returns the mean
-        training loss of each epoch."""
+        ``noise``: the input-dropout rate of a denoising autoencoder (0: plain); ``max_seconds``:
+        stop before an epoch that would end past this wall time (at the mean epoch time so far).
+        Returns the mean training loss of each epoch (fewer than ``epochs`` if cut)."""
         check_positive_int("epochs", epochs)
         check_positive_int("batch_size", batch_size)
         check_number("noise", noise, positive=False)
+        check_number("max_seconds", max_seconds, optional=True)
         if not 0.0 <= noise < 1.0:
             raise ConfigError(f"noise must be in [0, 1), got {noise!r}")
         params = list(self.encoder.parameters()) + list(self.decoder.parameters())
         optimizer = torch.optim.Adam(params, lr=lr)
         generator = torch.Generator().manual_seed(seed)
         batch_size = min(batch_size, len(x))
-        losses = []
-        for _ in range(epochs):
+        losses, start = [], time.perf_counter()
+        for epoch in range(epochs):
+            elapsed = time.perf_counter() - start
+            if max_seconds is not None and epoch and elapsed * (epoch + 1) / epoch > max_seconds:
+                break
             order = torch.randperm(len(x), generator=generator)
             total, count = 0.0, 0
             for start in range(0, len(x) - batch_size + 1, batch_size):
