@@ -162,23 +162,39 @@ def test_deep_models_reject_bad_options():
         MODELS["vae"](2, latent_dim=0)
 
 
-@pytest.mark.parametrize("name", ["vade", "dmvae"])
-def test_deep_models_train_on_spirals_to_their_floor(name):
-    # Measured (seed 0, this budget): accuracy about 0.47; the 0.99 target on 3-arm spirals
-    # is NOT reached (the models settle on one or two latent clusters). Floor: above chance (1/3).
+@pytest.mark.parametrize(
+    "name, estimator, floor",
+    [
+        ("vade", "enum", 0.40),
+        ("dmvae", "enum", 0.39),
+        ("dmvae", "gumbel", 0.39),  # the seed's relaxed objective
+        ("dmvae", "st-gumbel", 0.45),
+    ],
+)
+def test_deep_models_train_on_spirals_to_their_floor(name, estimator, floor):
+    # Measured (seed 0, this budget) on all 300 points: vade/enum 0.417, dmvae/enum 0.403,
+    # dmvae/gumbel 0.400, dmvae/st-gumbel 0.487. A single cluster scores the majority fraction,
+    # 0.383 here, so the floors only say "better than collapsed": the 0.99 target on 3-arm
+    # spirals is NOT reached by any recipe tried (benchmarks/results/clustering_spirals.md).
+    # The validation ELBO must also improve.
     from pyro_moe.models.vade import pretrain_and_init
 
     spec = RunSpec(
         model=name,
         data="spirals",
+        estimator=estimator,
         data_options={"n": 300},
         model_options={"num_components": 3, "latent_dim": 2, "hidden": "32-32"},
     )
     data, model, guide, est = build(spec)
     pretrain_and_init(model, data.train.x, epochs=5, batch_size=60, lr=1e-2)
     config = TrainConfig(epochs=4, batch_size=60, lr=3e-3, patience=None, progress=False)
-    fit(model, guide, est, data, config)
-    assert model.evaluate(data.test.x, data.test.y)["accuracy"] >= 0.40
+    history = fit(model, guide, est, data, config).history
+    assert history[-1]["valid_loss"] < history[0]["valid_loss"]
+    x = torch.cat([data.train.x, data.valid.x, data.test.x])
+    y = torch.cat([data.train.y, data.valid.y, data.test.y])
+    assert torch.bincount(y).max().item() / len(y) == pytest.approx(0.383, abs=1e-3)
+    assert model.evaluate(x, y)["accuracy"] >= floor
 
 
 def test_pretraining_option_runs_the_recipe_in_from_data():
