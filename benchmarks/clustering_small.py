@@ -31,7 +31,7 @@ from pyro_moe.data.base import Dataset, Split
 
 K = {"digits": 10, "spirals": 3}
 DEFAULTS = {  # per data set: the network and the recipe's budget (overridable by the flags)
-    "digits": {"hidden": "256-256", "latent_dim": 10, "pretrain_epochs": 300, "epochs": 100},
+    "digits": {"hidden": "256-256", "latent_dim": 5, "pretrain_epochs": 300, "epochs": 100},
     "spirals": {"hidden": "64-64-64", "latent_dim": 2, "pretrain_epochs": 200, "epochs": 150},
 }
 BASELINES = ("kmeans", "em_full", "em_diag")
