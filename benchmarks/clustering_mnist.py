@@ -70,6 +70,7 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decay-every", type=int, default=10)
     p.add_argument("--budget-minutes", type=float, default=None, help="cut each ELBO run")
     p.add_argument("--pretrain-minutes", type=float, default=None, help="cut the pretraining")
+    p.add_argument("--cluster-net-epochs", type=int, default=5, help="DMVAE q(c|x) warm start")
 
 
 def recipe_text(args: argparse.Namespace) -> str:
@@ -240,7 +241,7 @@ def pretrain_models(data, args, seed: int, names: str = "vade,dmvae", **options)
         dmvae = DMVAE(data.input_dim, **options)
         state = {k: v for k, v in vade.state_dict().items() if k != "pi_logits"}
         dmvae.load_state_dict(state, strict=False)
-        dmvae.init_cluster_net(data.train.x, seed=seed, epochs=5)
+        dmvae.init_cluster_net(data.train.x, seed=seed, epochs=args.cluster_net_epochs)
         models["dmvae"] = dmvae
     return copy.deepcopy(models), info
 

@@ -181,9 +181,9 @@ class VAE(PyroModel):
         optimizer = torch.optim.Adam(params, lr=lr)
         generator = torch.Generator().manual_seed(seed)
         batch_size = min(batch_size, len(x))
-        losses, start = [], time.perf_counter()
+        losses, began = [], time.perf_counter()
         for epoch in range(epochs):
-            elapsed = time.perf_counter() - start
+            elapsed = time.perf_counter() - began
             if max_seconds is not None and epoch and elapsed * (epoch + 1) / epoch > max_seconds:
                 break
             order = torch.randperm(len(x), generator=generator)

@@ -221,3 +221,40 @@ def test_dmvae_reads_a_relaxed_one_hot_cluster_through_select():
     latent = trace.nodes["latent"]["fn"].base_dist
     assert torch.allclose(latent.loc, w @ model.prior_loc)
     assert torch.allclose(latent.scale, w @ model.prior_scale())
+
+
+def test_pretraining_options_noise_and_time_budget(monkeypatch):
+    import itertools
+
+    from pyro_moe.models import vae
+
+    torch.manual_seed(0)
+    model = MODELS["vade"](3, num_components=2, latent_dim=2, hidden="8")
+    x = torch.randn(40, 3)
+    assert len(model.pretrain_autoencoder(x, epochs=3, batch_size=10, noise=0.2)) == 3
+    # a clock that reads 0, 1, 2, ... s: after epoch 1 (1 s) the next would end at 2 s <= 2.5;
+    # after epoch 2 (2 s) the next would end at 3 s > 2.5, so two epochs run
+    clock = itertools.count()
+    monkeypatch.setattr(vae.time, "perf_counter", lambda: float(next(clock)))
+    assert len(model.pretrain_autoencoder(x, epochs=5, batch_size=10, max_seconds=2.5)) == 2
+    monkeypatch.undo()
+    for bad in (1.0, -0.1, "0.2"):
+        with pytest.raises(ConfigError, match="noise"):
+            model.pretrain_autoencoder(x, epochs=1, noise=bad)
+
+
+def test_lr_step_decay_follows_the_paper_schedule():
+    from pyro_moe.models.vade import lr_step_decay
+
+    spec = RunSpec(
+        model="vade",
+        data="spirals",
+        data_options={"n": 60},
+        model_options={"num_components": 3, "latent_dim": 2, "hidden": "8"},
+    )
+    data, model, guide, est = build(spec)
+    config = TrainConfig(epochs=4, batch_size=36, lr=0.1, patience=None, progress=False)
+    history = fit(model, guide, est, data, config, callbacks=[lr_step_decay(0.5, 2, 0.03)]).history
+    assert [row["lr"] for row in history] == pytest.approx([0.1, 0.05, 0.05, 0.03])
+    with pytest.raises(ConfigError, match="every"):
+        lr_step_decay(0.9, 0)
