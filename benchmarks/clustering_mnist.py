@@ -117,7 +117,9 @@ def accuracy_callback(split, verbose: bool = True):
         scores = metrics.clustering_scores(split.labels, predicted)
         state = trainer.state
         if verbose:
-            print(f"epoch {state.epoch} {state.wall_seconds:.0f}s accuracy {scores['accuracy']:.4f}")
+            print(
+                f"epoch {state.epoch} {state.wall_seconds:.0f}s accuracy {scores['accuracy']:.4f}"
+            )
         return {f"curve_{k}": v for k, v in scores.items()}
 
     return callback
@@ -234,7 +236,9 @@ def pretrain_models(data, args, seed: int, names: str = "vade,dmvae", **options)
         "pretrain_seconds": round(time.perf_counter() - start, 1),
         "pretrain_losses": init["pretrain_losses"],
         "pretrain_epochs_run": len(init["pretrain_losses"]),
-        "gmm_init": metrics.clustering_scores(data.train.labels, vade.predict_cluster(data.train.x)),
+        "gmm_init": metrics.clustering_scores(
+            data.train.labels, vade.predict_cluster(data.train.x)
+        ),
     }
     models = {"vade": vade}
     if "dmvae" in names:

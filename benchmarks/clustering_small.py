@@ -61,9 +61,7 @@ def all_rows(args: argparse.Namespace, seed: int) -> Dataset:
     options = {"n": args.n} if args.n else {}
     data = load_dataset(args.data, seed=seed, **options)
     parts = (data.train, data.valid, data.test)
-    rows = Split(
-        torch.cat([s.x for s in parts]), None, torch.cat([s.labels for s in parts])
-    )
+    rows = Split(torch.cat([s.x for s in parts]), None, torch.cat([s.labels for s in parts]))
     return Dataset(data.name, "clustering", rows, rows, rows, description=data.description)
 
 

@@ -20,8 +20,8 @@ References:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
+from time import perf_counter
 from typing import Any
 
 import pyro
@@ -181,9 +181,9 @@ class VAE(PyroModel):
         optimizer = torch.optim.Adam(params, lr=lr)
         generator = torch.Generator().manual_seed(seed)
         batch_size = min(batch_size, len(x))
-        losses, began = [], time.perf_counter()
+        losses, began = [], perf_counter()
         for epoch in range(epochs):
-            elapsed = time.perf_counter() - began
+            elapsed = perf_counter() - began
             if max_seconds is not None and epoch and elapsed * (epoch + 1) / epoch > max_seconds:
                 break
             order = torch.randperm(len(x), generator=generator)

@@ -232,11 +232,12 @@ def test_pretraining_options_noise_and_time_budget(monkeypatch):
     model = MODELS["vade"](3, num_components=2, latent_dim=2, hidden="8")
     x = torch.randn(40, 3)
     assert len(model.pretrain_autoencoder(x, epochs=3, batch_size=10, noise=0.2)) == 3
-    # a clock that reads 0, 1, 2, ... s: after epoch 1 (1 s) the next would end at 2 s <= 2.5;
-    # after epoch 2 (2 s) the next would end at 3 s > 2.5, so two epochs run
+    # a clock that reads 0, 1, 2, ... s per call (start 0, one call before each epoch): before
+    # epoch 2 it reads 2 s after 1 epoch, so 2 epochs end at 4 s <= 4.2; before epoch 3 it reads
+    # 3 s after 2 epochs, so 3 would end at 4.5 s > 4.2: two epochs run
     clock = itertools.count()
-    monkeypatch.setattr(vae.time, "perf_counter", lambda: float(next(clock)))
-    assert len(model.pretrain_autoencoder(x, epochs=5, batch_size=10, max_seconds=2.5)) == 2
+    monkeypatch.setattr(vae, "perf_counter", lambda: float(next(clock)))
+    assert len(model.pretrain_autoencoder(x, epochs=5, batch_size=10, max_seconds=4.2)) == 2
     monkeypatch.undo()
     for bad in (1.0, -0.1, "0.2"):
         with pytest.raises(ConfigError, match="noise"):
