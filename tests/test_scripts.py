@@ -35,7 +35,7 @@ BENCHMARK_SMOKE_ARGS = {
         *("--pretrain-epochs", "1", "--epochs", "1", "--batch-size", "40"),
     ],
     "clustering_small.py": [
-        *("--data", "spirals", "--n", "100", "--hidden", "8", "--seeds", "0,1"),
+        *("--data", "spirals", "--n", "100", "--hidden", "8", "--seeds", "0"),
         *("--pretrain-epochs", "1", "--epochs", "1", "--batch-size", "40"),
         *("--name", "clustering_small"),
     ],
