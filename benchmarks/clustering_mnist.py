@@ -4,7 +4,8 @@ Protocol of Jiang et al. 2017 ("Variational Deep Embedding", IJCAI): all 70,000 
 Bernoulli decoder, encoder 784-500-500-2000-10 (decoder mirrored), K = 10, autoencoder
 pretraining, a GMM fitted to the embedding initialises the prior, then the ELBO; accuracy (best
 one-to-one map), reported on the same 70,000 images. The paper trains 300 epochs (batch 100,
-Adam lr 0.002 with decay); this script runs ``--pretrain-epochs`` + ``--epochs`` and states it.
+Adam lr 0.002, times 0.9 every 10 epochs); this script runs ``--pretrain-epochs`` + ``--epochs``
+(each ELBO run optionally cut at ``--budget-minutes``) and states what it ran.
 
 Both models start from the same pretrained autoencoder and GMM; DMVAE's q(c|x) network is
 warm-started on the GMM's responsibilities. Both train with ``enum`` (the cluster summed out
@@ -14,6 +15,9 @@ exactly). Written: accuracy / NMI / ARI on all training rows, a learning curve (
 
     python benchmarks/clustering_mnist.py --pretrain-epochs 10 --epochs 20
     python benchmarks/clustering_mnist.py --data digits --hidden 64-64 --latent-dim 10 ...
+
+The recipe pieces (:func:`pretrain_models`, :func:`train_one`) are shared with
+``benchmarks/clustering_small.py`` (digits and spirals over several seeds).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 
 import torch
 from pyro_moe.models.dmvae import DMVAE
-from pyro_moe.models.vade import VaDE, pretrain_and_init
+from pyro_moe.models.vade import VaDE, lr_step_decay, pretrain_and_init
 
 from pyro_moe import metrics
 from pyro_moe.benchmarking import RESULTS, markdown_table, write_results
@@ -43,16 +47,56 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="keep the first rows (smoke runs)")
     p.add_argument("--hidden", default="500-500-2000")
     p.add_argument("--latent-dim", type=int, default=10)
-    p.add_argument("--pretrain-epochs", type=int, default=10)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=2e-3)
+    add_recipe_arguments(p)
     p.add_argument("--models", default="vade,dmvae")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--name", default="clustering_mnist", help="results file name")
     return p.parse_args()
+
+
+def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
+    """The training recipe's options (shared with clustering_small.py)."""
+    p.add_argument("--pretrain-epochs", type=int, default=10)
+    p.add_argument("--pretrain-batch-size", type=int, default=256)
+    p.add_argument("--pretrain-lr", type=float, default=1e-3)
+    p.add_argument("--ae-noise", type=float, default=0.2, help="denoising AE input dropout")
+    p.add_argument("--gmm-restarts", type=int, default=5, help="EM restarts for the prior init")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr-decay", type=float, default=0.9, help="lr factor every --decay-every")
+    p.add_argument("--decay-every", type=int, default=10)
+    p.add_argument("--budget-minutes", type=float, default=None, help="cut each ELBO run")
+    p.add_argument("--pretrain-minutes", type=float, default=None, help="cut the pretraining")
+    p.add_argument("--cluster-net-epochs", type=int, default=5, help="DMVAE q(c|x) warm start")
+
+
+def recipe_text(args: argparse.Namespace) -> str:
+    """One sentence describing the recipe that ran."""
+    minutes = getattr(args, "pretrain_minutes", None)
+    pretrain_cut = f" (cut at {minutes} min)" if minutes else ""
+    return (
+        f"hidden {args.hidden}, latent {args.latent_dim}; denoising AE pretraining "
+        f"{args.pretrain_epochs} epochs{pretrain_cut} (input dropout {args.ae_noise}, batch "
+        f"{args.pretrain_batch_size}, Adam lr {args.pretrain_lr}), diagonal GMM init (best of "
+        f"{args.gmm_restarts} EM restarts), then up to {args.epochs} ELBO epochs (enum), batch "
+        f"{args.batch_size}, Adam lr {args.lr} times {args.lr_decay} every {args.decay_every} "
+        f"epochs" + (f", each run cut at {args.budget_minutes} min" if args.budget_minutes else "")
+    )
+
+
+def stop_after(seconds: float | None):
+    """A fit callback that ends training before an epoch that would end past ``seconds`` of wall
+    time at the mean epoch time so far (the run then reports the epochs it did)."""
+
+    def callback(trainer) -> None:
+        state = trainer.state
+        if seconds is not None and state.wall_seconds * (state.epoch + 1) / state.epoch > seconds:
+            state.stop_reason = "time-budget"
+
+    return callback
 
 
 def load(args: argparse.Namespace):
@@ -64,18 +108,26 @@ def load(args: argparse.Namespace):
     return load_dataset(args.data, seed=args.seed, **({"n": args.limit} if args.limit else {}))
 
 
-def accuracy_callback(split):
+def accuracy_callback(split, verbose: bool = True):
+    """A fit callback: clustering scores on ``split`` after each epoch (printed if ``verbose``)."""
+
     def callback(trainer) -> dict[str, float]:
         with torch.random.fork_rng(devices=[]):
             predicted = trainer.model.predict_cluster(split.x)
-        return {
-            f"curve_{k}": v for k, v in metrics.clustering_scores(split.labels, predicted).items()
-        }
+        scores = metrics.clustering_scores(split.labels, predicted)
+        state = trainer.state
+        if verbose:
+            print(
+                f"epoch {state.epoch} {state.wall_seconds:.0f}s accuracy {scores['accuracy']:.4f}"
+            )
+        return {f"curve_{k}": v for k, v in scores.items()}
 
     return callback
 
 
-def train_one(name, model, data, args, started) -> dict:
+def train_one(name, model, data, args, verbose: bool = True) -> dict:
+    """Fit ``model`` (VaDE or DMVAE, after :func:`pretrain_models`) with ``enum`` and the recipe's
+    schedule; scores on every training row, the learning curve and the q(c|x) timing."""
     guide = GUIDES[name](model)
     estimator = build_estimator("enum", model)
     config = TrainConfig(
@@ -88,7 +140,13 @@ def train_one(name, model, data, args, started) -> dict:
         progress=False,
     )
     start = time.perf_counter()
-    result = fit(model, guide, estimator, data, config, callbacks=[accuracy_callback(data.valid)])
+    budget = args.budget_minutes * 60 if args.budget_minutes else None
+    callbacks = [
+        accuracy_callback(data.valid, verbose),
+        lr_step_decay(args.lr_decay, args.decay_every),
+        stop_after(budget),
+    ]
+    result = fit(model, guide, estimator, data, config, callbacks=callbacks)
     wall = time.perf_counter() - start
     x, labels = data.train.x, data.train.labels
     scores = metrics.clustering_scores(labels, model.predict_cluster(x))
@@ -98,6 +156,7 @@ def train_one(name, model, data, args, started) -> dict:
         **scores,
         "train_seconds": round(wall, 1),
         "epochs": result.state.epoch,
+        "stop_reason": result.state.stop_reason,
         "qc_seconds_per_10k": metrics.inference_seconds_per_10k(infer, timing_rows),
         "curve": [
             {
@@ -105,6 +164,8 @@ def train_one(name, model, data, args, started) -> dict:
                 "valid_loss": h["valid_loss"],
                 "accuracy": h["curve_accuracy"],
                 "nmi": h["curve_nmi"],
+                "lr": h["lr"],
+                "wall_seconds": h["wall_seconds"],
             }
             for h in result.history
         ],
@@ -128,10 +189,8 @@ def report(args, data, results, started, out) -> None:
         if isinstance(r, dict) and "accuracy" in r
     ]
     protocol = (
-        f"Data {data.name} ({len(data.train)} training rows, scored on all of them), "
-        f"hidden {args.hidden}, latent {args.latent_dim}, K=10, AE pretraining "
-        f"{args.pretrain_epochs} epochs, then {args.epochs} ELBO epochs (enum), batch "
-        f"{args.batch_size}, Adam lr {args.lr} (no decay). Paper: 300 epochs."
+        f"Data {data.name} ({len(data.train)} training rows, scored on all of them), K=10, "
+        f"{recipe_text(args)}. Paper: 300 epochs."
     )
     curves = "\n\n".join(
         f"Learning curve, {name} (accuracy on the 10k test images after each epoch): "
@@ -155,6 +214,42 @@ def report(args, data, results, started, out) -> None:
     )
 
 
+def pretrain_models(data, args, seed: int, names: str = "vade,dmvae", **options) -> tuple:
+    """The recipe up to the ELBO: build VaDE, pretrain it (denoising AE + GMM init), and give
+    DMVAE the same networks and prior (its q(c|x) network warm-started on the GMM). Returns
+    ``({name: model}, {"pretrain_seconds", "pretrain_losses", "gmm_init": scores})``."""
+    torch.manual_seed(seed)
+    vade = VaDE(data.input_dim, **options)
+    start = time.perf_counter()
+    init = pretrain_and_init(
+        vade,
+        data.train.x,
+        epochs=args.pretrain_epochs,
+        batch_size=args.pretrain_batch_size,
+        lr=args.pretrain_lr,
+        seed=seed,
+        n_init=args.gmm_restarts,
+        noise=args.ae_noise,
+        max_seconds=args.pretrain_minutes * 60 if args.pretrain_minutes else None,
+    )
+    info = {
+        "pretrain_seconds": round(time.perf_counter() - start, 1),
+        "pretrain_losses": init["pretrain_losses"],
+        "pretrain_epochs_run": len(init["pretrain_losses"]),
+        "gmm_init": metrics.clustering_scores(
+            data.train.labels, vade.predict_cluster(data.train.x)
+        ),
+    }
+    models = {"vade": vade}
+    if "dmvae" in names:
+        dmvae = DMVAE(data.input_dim, **options)
+        state = {k: v for k, v in vade.state_dict().items() if k != "pi_logits"}
+        dmvae.load_state_dict(state, strict=False)
+        dmvae.init_cluster_net(data.train.x, seed=seed, epochs=args.cluster_net_epochs)
+        models["dmvae"] = dmvae
+    return copy.deepcopy(models), info
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -162,36 +257,17 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load(args)
-    likelihood = "bernoulli" if args.data == "mnist" else "gaussian"
     options = {
         "num_components": 10,
         "latent_dim": args.latent_dim,
         "hidden": args.hidden,
-        "likelihood": likelihood,
+        "likelihood": "bernoulli" if args.data == "mnist" else "gaussian",
     }
-    torch.manual_seed(args.seed)
-    vade = VaDE(data.input_dim, **options)
-    start = time.perf_counter()
-    init = pretrain_and_init(
-        vade, data.train.x, epochs=args.pretrain_epochs, batch_size=args.batch_size, seed=args.seed
-    )
-    results: dict = {
-        "pretrain_seconds": round(time.perf_counter() - start, 1),
-        "pretrain_losses": init["pretrain_losses"],
-        "gmm_init": metrics.clustering_scores(
-            data.train.labels, vade.predict_cluster(data.train.x)
-        ),
-    }
-    models = {"vade": vade}
-    if "dmvae" in args.models:
-        dmvae = DMVAE(data.input_dim, **options)
-        state = {k: v for k, v in vade.state_dict().items() if k != "pi_logits"}
-        dmvae.load_state_dict(state, strict=False)
-        dmvae.init_cluster_net(data.train.x, seed=args.seed, epochs=5)
-        models["dmvae"] = dmvae
-    snapshot = copy.deepcopy(models)
+    models, results = pretrain_models(data, args, args.seed, args.models, **options)
+    print("pretrained", results, flush=True)
+    report(args, data, results, started, out)
     for name in args.models.split(","):
-        results[name] = train_one(name, snapshot[name], data, args, started)
+        results[name] = train_one(name, models[name], data, args)
         report(args, data, results, started, out)
         print(name, {k: v for k, v in results[name].items() if k != "curve"}, flush=True)
 

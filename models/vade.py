@@ -44,6 +44,7 @@ from pyro_moe.base import check_num_components
 from pyro_moe.errors import ConfigError
 from pyro_moe.gate import select
 from pyro_moe.registry import MODELS
+from pyro_moe.validation import check_int, check_number
 
 
 class MixturePrior:
@@ -216,13 +217,44 @@ def pretrain_and_init(
     lr: float = 1e-3,
     seed: int = 0,
     n_init: int = 1,
+    noise: float = 0.0,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """The paper's recipe before the ELBO: autoencoder pretraining, then GMM initialisation of
-    the prior (and, for models with a q(c|x) network, its warm start from the GMM).
+    """The paper's recipe before the ELBO: autoencoder pretraining (denoising with input-dropout
+    rate ``noise``), then GMM initialisation of the prior from the best of ``n_init`` EM restarts
+    (highest likelihood), and, for models with a q(c|x) network, its warm start from the GMM;
+    ``max_seconds`` cuts the pretraining (:meth:`~pyro_moe.models.vae.VAE.pretrain_autoencoder`).
     Returns ``{"pretrain_losses": [...], "gmm": fitted scikit-learn model}``."""
     torch.manual_seed(seed)
-    losses = model.pretrain_autoencoder(x, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    losses = model.pretrain_autoencoder(
+        x,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        noise=noise,
+        max_seconds=max_seconds,
+    )
     gmm = model.init_prior_from_gmm(x, seed=seed, n_init=n_init)
     if hasattr(model, "init_cluster_net"):
         model.init_cluster_net(x, seed=seed)
     return {"pretrain_losses": losses, "gmm": gmm}
+
+
+def lr_step_decay(factor: float = 0.9, every: int = 10, floor: float = 2e-4):
+    """A :func:`~pyro_moe.train.fit` callback for the VaDE paper's schedule: after every
+    ``every`` epochs multiply each learning rate by ``factor`` (not below ``floor``); Jiang et
+    al.'s MNIST code uses lr 0.002, factor 0.9 every 10 epochs, floor 0.0002. The rates live in
+    Adam's state, so checkpoints keep them."""
+    check_number("factor", factor)
+    check_int("every", every)
+    check_number("floor", floor, positive=False)
+
+    def callback(trainer) -> dict[str, float]:
+        groups = trainer.optimizer.param_groups
+        if trainer.state.epoch % every == 0:
+            for group in groups:
+                group["lr"] = max(group["lr"] * factor, floor)
+        return {"lr": groups[0]["lr"]}
+
+    return callback

@@ -21,6 +21,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from time import perf_counter
 from typing import Any
 
 import pyro
@@ -33,6 +34,7 @@ from pyro_moe.base import PyroModel, data_plate
 from pyro_moe.errors import ConfigError
 from pyro_moe.nn import mlp
 from pyro_moe.registry import MODELS
+from pyro_moe.validation import check_number
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 
@@ -144,9 +146,13 @@ class VAE(PyroModel):
             return pyro.sample("obs", self.obs_dist(z), obs=x)
 
     # --- autoencoder pretraining --------------------------------------------------------------
-    def reconstruction_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean per-row loss of the deterministic autoencoder x -> mu(x) -> f(mu(x))."""
-        out = self.decoder(self.encode(x)[0])
+    def reconstruction_loss(self, x: torch.Tensor, noise: float = 0.0) -> torch.Tensor:
+        """Mean per-row loss of the deterministic autoencoder x -> mu(x) -> f(mu(x)); with
+        ``noise`` > 0 the encoder reads x with that fraction of its entries zeroed (a denoising
+        autoencoder, Vincent et al. 2010, as DEC's and VaDE's pretraining) and the loss still
+        compares with the clean x."""
+        inputs = F.dropout(x, noise) * (1 - noise) if noise else x
+        out = self.decoder(self.encode(inputs)[0])
         if self.likelihood == "bernoulli":
             return F.binary_cross_entropy_with_logits(out, x, reduction="sum") / len(x)
         return F.mse_loss(out, x, reduction="sum") / len(x)
@@ -158,23 +164,34 @@ class VAE(PyroModel):
         batch_size: int = 256,
         lr: float = 1e-3,
         seed: int = 0,
+        noise: float = 0.0,
+        max_seconds: float | None = None,
     ) -> list[float]:
         """Train encoder mean and decoder as an autoencoder (VaDE's pretraining) with Adam;
-        returns the mean training loss of each epoch."""
+        ``noise``: the input-dropout rate of a denoising autoencoder (0: plain); ``max_seconds``:
+        stop before an epoch that would end past this wall time (at the mean epoch time so far).
+        Returns the mean training loss of each epoch (fewer than ``epochs`` if cut)."""
         check_positive_int("epochs", epochs)
         check_positive_int("batch_size", batch_size)
+        check_number("noise", noise, positive=False)
+        check_number("max_seconds", max_seconds, optional=True)
+        if not 0.0 <= noise < 1.0:
+            raise ConfigError(f"noise must be in [0, 1), got {noise!r}")
         params = list(self.encoder.parameters()) + list(self.decoder.parameters())
         optimizer = torch.optim.Adam(params, lr=lr)
         generator = torch.Generator().manual_seed(seed)
         batch_size = min(batch_size, len(x))
-        losses = []
-        for _ in range(epochs):
+        losses, began = [], perf_counter()
+        for epoch in range(epochs):
+            elapsed = perf_counter() - began
+            if max_seconds is not None and epoch and elapsed * (epoch + 1) / epoch > max_seconds:
+                break
             order = torch.randperm(len(x), generator=generator)
             total, count = 0.0, 0
             for start in range(0, len(x) - batch_size + 1, batch_size):
                 batch = x[order[start : start + batch_size]]
                 optimizer.zero_grad(set_to_none=True)
-                loss = self.reconstruction_loss(batch)
+                loss = self.reconstruction_loss(batch, noise)
                 loss.backward()
                 optimizer.step()
                 total, count = total + loss.item(), count + 1

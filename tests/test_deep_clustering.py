@@ -162,23 +162,39 @@ def test_deep_models_reject_bad_options():
         MODELS["vae"](2, latent_dim=0)
 
 
-@pytest.mark.parametrize("name", ["vade", "dmvae"])
-def test_deep_models_train_on_spirals_to_their_floor(name):
-    # Measured (seed 0, this budget): accuracy about 0.47; the 0.99 target on 3-arm spirals
-    # is NOT reached (the models settle on one or two latent clusters). Floor: above chance (1/3).
+@pytest.mark.parametrize(
+    "name, estimator, floor",
+    [
+        ("vade", "enum", 0.40),
+        ("dmvae", "enum", 0.39),
+        ("dmvae", "gumbel", 0.39),  # the seed's relaxed objective
+        ("dmvae", "st-gumbel", 0.45),
+    ],
+)
+def test_deep_models_train_on_spirals_to_their_floor(name, estimator, floor):
+    # Measured (seed 0, this budget) on all 300 points: vade/enum 0.417, dmvae/enum 0.403,
+    # dmvae/gumbel 0.400, dmvae/st-gumbel 0.487. A single cluster scores the majority fraction,
+    # 0.383 here, so the floors only say "better than collapsed": the 0.99 target on 3-arm
+    # spirals is NOT reached by any recipe tried (benchmarks/results/clustering_spirals.md).
+    # The validation ELBO must also improve.
     from pyro_moe.models.vade import pretrain_and_init
 
     spec = RunSpec(
         model=name,
         data="spirals",
+        estimator=estimator,
         data_options={"n": 300},
         model_options={"num_components": 3, "latent_dim": 2, "hidden": "32-32"},
     )
     data, model, guide, est = build(spec)
     pretrain_and_init(model, data.train.x, epochs=5, batch_size=60, lr=1e-2)
     config = TrainConfig(epochs=4, batch_size=60, lr=3e-3, patience=None, progress=False)
-    fit(model, guide, est, data, config)
-    assert model.evaluate(data.test.x, data.test.y)["accuracy"] >= 0.40
+    history = fit(model, guide, est, data, config).history
+    assert history[-1]["valid_loss"] < history[0]["valid_loss"]
+    x = torch.cat([data.train.x, data.valid.x, data.test.x])
+    y = torch.cat([data.train.y, data.valid.y, data.test.y])
+    assert torch.bincount(y).max().item() / len(y) == pytest.approx(0.383, abs=1e-3)
+    assert model.evaluate(x, y)["accuracy"] >= floor
 
 
 def test_pretraining_option_runs_the_recipe_in_from_data():
@@ -205,3 +221,41 @@ def test_dmvae_reads_a_relaxed_one_hot_cluster_through_select():
     latent = trace.nodes["latent"]["fn"].base_dist
     assert torch.allclose(latent.loc, w @ model.prior_loc)
     assert torch.allclose(latent.scale, w @ model.prior_scale())
+
+
+def test_pretraining_options_noise_and_time_budget(monkeypatch):
+    import itertools
+
+    from pyro_moe.models import vae
+
+    torch.manual_seed(0)
+    model = MODELS["vade"](3, num_components=2, latent_dim=2, hidden="8")
+    x = torch.randn(40, 3)
+    assert len(model.pretrain_autoencoder(x, epochs=3, batch_size=10, noise=0.2)) == 3
+    # a clock that reads 0, 1, 2, ... s per call (start 0, one call before each epoch): before
+    # epoch 2 it reads 2 s after 1 epoch, so 2 epochs end at 4 s <= 4.2; before epoch 3 it reads
+    # 3 s after 2 epochs, so 3 would end at 4.5 s > 4.2: two epochs run
+    clock = itertools.count()
+    monkeypatch.setattr(vae, "perf_counter", lambda: float(next(clock)))
+    assert len(model.pretrain_autoencoder(x, epochs=5, batch_size=10, max_seconds=4.2)) == 2
+    monkeypatch.undo()
+    for bad in (1.0, -0.1, "0.2"):
+        with pytest.raises(ConfigError, match="noise"):
+            model.pretrain_autoencoder(x, epochs=1, noise=bad)
+
+
+def test_lr_step_decay_follows_the_paper_schedule():
+    from pyro_moe.models.vade import lr_step_decay
+
+    spec = RunSpec(
+        model="vade",
+        data="spirals",
+        data_options={"n": 60},
+        model_options={"num_components": 3, "latent_dim": 2, "hidden": "8"},
+    )
+    data, model, guide, est = build(spec)
+    config = TrainConfig(epochs=4, batch_size=36, lr=0.1, patience=None, progress=False)
+    history = fit(model, guide, est, data, config, callbacks=[lr_step_decay(0.5, 2, 0.03)]).history
+    assert [row["lr"] for row in history] == pytest.approx([0.1, 0.05, 0.05, 0.03])
+    with pytest.raises(ConfigError, match="every"):
+        lr_step_decay(0.9, 0)

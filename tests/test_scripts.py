@@ -37,6 +37,11 @@ BENCHMARK_SMOKE_ARGS = {
         *("--data", "digits", "--limit", "200", "--hidden", "16", "--latent-dim", "4"),
         *("--pretrain-epochs", "1", "--epochs", "1", "--batch-size", "40"),
     ],
+    "clustering_small.py": [
+        *("--data", "spirals", "--n", "100", "--hidden", "8", "--seeds", "0"),
+        *("--pretrain-epochs", "1", "--epochs", "1", "--batch-size", "40"),
+        *("--name", "clustering_small"),
+    ],
     "overhead.py": ["--steps", "2", "--mnist-steps", "1", "--mnist-batch", "4", "--warmup", "1"],
     "mnist_experts.py": ["--limit", "200", "--epochs", "1"],
     "table1_dvmoe.py": [
