@@ -32,11 +32,11 @@ from pyro_moe.models.dmvae import DMVAE
 from pyro_moe.models.vade import VaDE, lr_step_decay, pretrain_and_init
 
 from pyro_moe import metrics
-from pyro_moe.benchmarking import RESULTS, markdown_table, write_results
+from pyro_moe.benchmarking import RESULTS, fixed_budget, markdown_table, write_results
 from pyro_moe.data import load_dataset
 from pyro_moe.experiment import build_estimator
 from pyro_moe.registry import GUIDES
-from pyro_moe.train import TrainConfig, fit
+from pyro_moe.train import fit
 
 PUBLISHED = {"vade": 0.9446}  # Jiang et al. 2017, Table 2 (MNIST accuracy)
 
@@ -130,15 +130,7 @@ def train_one(name, model, data, args, verbose: bool = True) -> dict:
     schedule; scores on every training row, the learning curve and the q(c|x) timing."""
     guide = GUIDES[name](model)
     estimator = build_estimator("enum", model)
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        patience=None,
-        restore_best=False,
-        seed=args.seed,
-        progress=False,
-    )
+    config = fixed_budget(args.epochs, args.batch_size, args.lr, args.seed, restore_best=False)
     start = time.perf_counter()
     budget = args.budget_minutes * 60 if args.budget_minutes else None
     callbacks = [
