@@ -10,7 +10,8 @@ experts, encoder, ... see :func:`parameter_groups`) the table reports
                                                   unbiased estimator shows from noise alone)
     rel_bias    bias / ||g||
     variance    trace Cov(G) = sum_j Var(G_j)
-    snr         mean_j |mean_e G_ej| / std_e(G_ej)   over coordinates with std > 0
+    snr         mean_j |mean_e G_ej| / std_e(G_ej)   over coordinates whose std is above
+                                                  rounding (64 eps (1 + |mean|))
     cosine      mean_e cos(G_e, g)               (how well one step points uphill)
     seconds     wall seconds per estimate
     work_variance   variance x seconds           (variance at a fixed compute budget)
@@ -38,6 +39,9 @@ from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.base import Estimator
 from pyro_moe.estimators.enum import Enumerate
 from pyro_moe.vectorised import NotVectorisable, per_estimate_gradients
+
+#: coordinates whose std is below this many machine epsilons (relative) count as deterministic
+ROUNDING_SPREAD = 64
 
 #: the columns of a harness table, in order
 COLUMNS = (
@@ -147,7 +151,9 @@ def summarize(samples: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
     variance = var.sum().item()
     bias = (mean - exact).norm().item()
     std = var.sqrt()
-    live = std > 1e-12 * (1 + mean.abs())
+    # a spread at rounding level (summation order differs between estimates) is no noise: such
+    # coordinates (e.g. an analytic KL's gradient) would put ~1/eps into the mean SNR
+    live = std > ROUNDING_SPREAD * torch.finfo(samples.dtype).eps * (1 + mean.abs())
     snr = (mean[live].abs() / std[live]).mean().item() if live.any() else math.inf
     cos = torch.nn.functional.cosine_similarity(samples, exact.expand_as(samples), dim=1, eps=1e-30)
     norm = exact.norm().item()

@@ -98,3 +98,18 @@ def test_a_program_vmap_cannot_run_falls_back_to_the_loop_with_a_warning(float64
     with pytest.warns(UserWarning, match="cannot be vectorised"):
         samples = variance.gradient_samples(estimator, model, guide, args, params, 3)
     assert samples.shape == (3, sum(p.numel() for p in params))
+
+
+def test_snr_leaves_out_coordinates_that_vary_only_by_rounding():
+    """A coordinate that is constant up to float32 rounding (an analytic KL's gradient, summed in
+    a different order per chunk) is not noise: the SNR is that of the noisy coordinate alone,
+    |mean| / std = 2 / 1 here, exactly as computed from the samples."""
+    g = torch.Generator().manual_seed(0)
+    noisy = 2.0 + torch.randn(4000, generator=g)
+    rounded = torch.full((4000,), 3.0) * (1 + 1e-7 * torch.randn(4000, generator=g))
+    samples = torch.stack([noisy, rounded], 1).float()
+    assert samples[:, 1].std() > 0  # the rounding spread is there
+    expected = (samples[:, 0].mean().abs() / samples[:, 0].std()).item()
+    stats = variance.summarize(samples, torch.tensor([2.0, 3.0]))
+    assert stats["snr"] == pytest.approx(expected, rel=1e-6)
+    assert stats["snr"] == pytest.approx(2.0, abs=0.1)
