@@ -1,9 +1,9 @@
 """Gradient estimates per second of the variance harness: Python loop vs vectorised particles.
 
 The problem is issue 7's small MoE: N=1000 rows, D=5, K=8 experts, MLP gate of width 64, linear
-regression experts, the amortized posterior guide q(c|x, y). For each sampling estimator that
-offers ``estimate_losses`` (one forward pass with an ``estimates`` plate), the harness draws
-``--estimates`` gradient estimates
+regression experts, the amortized posterior guide q(c|x, y). For each sampling estimator in
+``--estimators`` (all of them ``vectorisable``), the harness draws ``--estimates`` gradient
+estimates
 
 * ``loop``: one forward and one backward pass per estimate;
 * ``vectorised``: per-estimate gradients by ``torch.func.vmap(grad(loss), randomness="different")``

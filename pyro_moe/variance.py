@@ -95,8 +95,7 @@ def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[nn.Parameter]) 
 
 def exact_gradient(model, guide, args: Sequence[Any], params: Sequence[nn.Parameter]):
     """Gradient of the negative ELBO with ``cluster`` summed out (TraceEnum_ELBO): ``[P]``."""
-    loss = Enumerate(max_plate_nesting=model.max_plate_nesting).loss(model.model, guide, *args)
-    return _flat(torch.autograd.grad(loss, params, allow_unused=True), params)
+    return _single(Enumerate(max_plate_nesting=model.max_plate_nesting), model, guide, args, params)
 
 
 def gradient_samples(
