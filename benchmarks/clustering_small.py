@@ -90,6 +90,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         result = train_one(name, models[name], data, args, verbose=False)
         row[name] = {**result, "seconds": result["train_seconds"]}
     row["seconds"] = round(time.perf_counter() - start, 1)
+    row["rows"] = len(data.train)
     print(seed, {m: round(r["accuracy"], 4) for m, r in row.items() if isinstance(r, dict)})
     return row
 
@@ -126,10 +127,9 @@ def report(args, per_seed, started) -> None:
         {"model": name, **{f"seed {sd}": per_seed[sd][name]["accuracy"] for sd in seeds}}
         for name in means
     ]
-    data = all_rows(args, seeds[0])
     md = (
         f"# Clustering {args.data}: VaDE / DMVAE vs KMeans and EM GaussianMixture\n\n"
-        f"{len(data.train)} rows, K={K[args.data]}, every model fitted to all rows "
+        f"{per_seed[seeds[0]]['rows']} rows, K={K[args.data]}, every model fitted to all rows "
         f"and scored on them; seeds {','.join(map(str, seeds))}. Deep models: "
         f"{recipe_text(args)}. gmm_init: the diagonal GMM on the pretrained embedding (VaDE's "
         "starting point). No GPU was lent; the 2 CPU cores were shared with other sessions.\n\n"
