@@ -146,8 +146,8 @@ def run_experiment(
         **evaluate(model, data, "test"),
     }
     result.summary = summary
-    if run_dir is not None:
-        run = RunFolder(run_dir)
+    if result.run_dir is not None:  # None on the non-writing ranks of a distributed run
+        run = RunFolder(result.run_dir)
         run.write_json(run.summary, summary)
         if figures:
             from pyro_moe import plots
