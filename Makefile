@@ -38,6 +38,11 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
+# every benchmark script's quick version (the smoke arguments of tests/test_scripts.py), writing
+# into temporary folders; the full protocols are `python benchmarks/NAME.py` (see each docstring)
+bench: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_scripts.py -k benchmark
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

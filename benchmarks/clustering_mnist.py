@@ -11,7 +11,7 @@ Both models start from the same pretrained autoencoder and GMM; DMVAE's q(c|x) n
 warm-started on the GMM's responsibilities. Both train with ``enum`` (the cluster summed out
 exactly). Written: accuracy / NMI / ARI on all training rows, a learning curve (accuracy on the
 10,000 test images after every epoch), wall times, and q(c|x) inference time per 10,000 images
-(VaDE: encoder + p(c|z); DMVAE: the cluster network), the seed's "faster inference" claim.
+(VaDE: encoder + p(c|z); DMVAE: the cluster network), Singh et al.'s "faster inference" claim.
 
     python benchmarks/clustering_mnist.py --pretrain-epochs 10 --epochs 20
     python benchmarks/clustering_mnist.py --data digits --hidden 64-64 --latent-dim 10 ...
@@ -50,7 +50,7 @@ def parse_args() -> argparse.Namespace:
     add_recipe_arguments(p)
     p.add_argument("--models", default="vade,dmvae")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--name", default="clustering_mnist", help="results file name")
     return p.parse_args()

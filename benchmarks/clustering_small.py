@@ -45,7 +45,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--latent-dim", type=int)
     p.add_argument("--models", default="vade,dmvae")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--name", default=None, help="results file name (clustering_DATA)")
     add_recipe_arguments(p)
@@ -132,7 +132,7 @@ def report(args, per_seed, started) -> None:
         f"{per_seed[seeds[0]]['rows']} rows, K={K[args.data]}, every model fitted to all rows "
         f"and scored on them; seeds {','.join(map(str, seeds))}. Deep models: "
         f"{recipe_text(args)}. gmm_init: the diagonal GMM on the pretrained embedding (VaDE's "
-        "starting point). No GPU was lent; the 2 CPU cores were shared with other sessions.\n\n"
+        "starting point).\n\n"
         f"Mean ± sd over seeds:\n\n{markdown_table(rows, list(rows[0]))}\n\n"
         f"Accuracy per seed:\n\n{markdown_table(per_seed_rows, list(per_seed_rows[0]))}\n"
     )

@@ -1,6 +1,6 @@
 """Gradient estimates per second of the variance harness: Python loop vs vectorised particles.
 
-The problem is issue 7's small MoE: N=1000 rows, D=5, K=8 experts, MLP gate of width 64, linear
+The problem is a small MoE: N=1000 rows, D=5, K=8 experts, MLP gate of width 64, linear
 regression experts, the amortized posterior guide q(c|x, y). For each sampling estimator in
 ``--estimators`` (all of them ``vectorisable``), the harness draws ``--estimates`` gradient
 estimates
@@ -13,7 +13,7 @@ estimates
 
 Both must estimate the same expected gradient: the benchmark checks that their means agree
 within 5 standard errors of the difference (per coordinate, the largest z-score is reported).
-Target (issue 7): vectorised >= 10x the loop's estimates per second for E = 1,000.
+Target: vectorised >= 10x the loop's estimates per second for E = 1,000.
 
 The row ``hand-gumbel`` is the ``gumbel`` estimator's loss written by hand in PyTorch
 (``overhead.hand_moe_relaxed``) through the same two harness modes: what the loop and the
@@ -142,16 +142,15 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
         [
             "# Variance harness: gradient estimates per second, loop vs vectorised\n",
             "Small MoE (D=5, K=8, MLP gate width 64, posterior guide) on a batch of N rows "
-            f"(N = {args.rows}; issue 7's problem is N = 1000), E = "
+            f"(N = {args.rows}), E = "
             f"{args.estimates} estimates per estimator, vectorised in chunks of "
             f"{args.chunk or 'about 131072 / N (picked from the batch size)'} estimates, "
-            f"torch threads {args.threads} (0: torch's default), CPU only: no GPU machine was "
-            "lent to this task. Target: "
+            f"torch threads {args.threads} (0: torch's default), on the CPU. Target: "
             f"speedup >= {TARGET_SPEEDUP:g}x. `max_z_means`: the largest per-coordinate z-score "
             "between the two modes' mean gradients over the coordinates that vary (they estimate "
             "the same expectation; `means_agree` allows 5 + 0.5 log(#coordinates)); coordinates "
             "constant up to rounding must agree to 1e-4 relative (else inf).\n",
-            "The machine (2 cores) was shared with other sessions; the two modes alternate in "
+            "The two modes alternate in "
             f"{args.blocks} blocks per estimator so that load changes hit both alike; rates are "
             "total estimates / total seconds per mode.\n",
             markdown_table(rows, columns) + "\n",
@@ -166,8 +165,8 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
             "gumbel loss written in plain PyTorch, through the same two modes) shows the floor: "
             "the Pyro loop's rate divided by the hand-written vectorised rate bounds what any "
             "vectorisation of this computation reaches on this machine. With torch's default "
-            "thread count the 2 cores are shared with other sessions' jobs, so those rows "
-            "measure contention as much as parallel speed.\n",
+            "thread count, rows measured while other work loaded the CPUs (the load average in "
+            "the machine line above) measure contention as much as parallel speed.\n",
             "Before (the previous vectorised mode: one forward pass with an `estimates` plate, "
             "then `torch.autograd.grad(..., is_grads_batched=True)` in chunks of 64, whose cost "
             "grew with chunk x E; this file at commit 8ef9a0d, same protocol back to back, 1 "

@@ -137,7 +137,7 @@ def main(args: argparse.Namespace) -> None:
     peaks = vade_peaks(args.batches, args.steps, args.seed)
     grow = growth(args.growth_steps, args.growth_rows, args.seed)
     markdown = report(peaks, grow, args)
-    results = {"vade_peaks": peaks, "growth": grow, "device": "cpu (no GPU was lent)"}
+    results = {"vade_peaks": peaks, "growth": grow, "device": "cpu"}
     write_results(
         "memory",
         seed=args.seed,
@@ -172,7 +172,7 @@ def report(peaks: list[dict], grow: list[dict], args: argparse.Namespace) -> str
     return "\n".join(
         [
             "# Memory: peak of VaDE training, growth over training\n",
-            "CPU only (no GPU machine was lent to this task), float32, 1 thread. RSS includes "
+            "CPU, float32, 1 thread. RSS includes "
             "PyTorch's CPU allocator and the Python interpreter with torch and pyro imported "
             "(`rss_before_mb`). Model: the library's VaDE (784-500-500-2000 encoder, mirrored "
             "Bernoulli decoder, 10-d z, K=10, guide `vae`, `enum`) on random binary images. "

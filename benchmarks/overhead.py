@@ -8,9 +8,10 @@ hits them alike) and medians over many steps:
   ``enum`` with ``fast=False`` (TraceEnum_ELBO), ``JitTraceEnum_ELBO``, ``reinforce``, ``gumbel``
   and ``st-gumbel`` with the posterior guide; each beside the hand-written loss it computes.
 * MNIST scale: the library's VaDE (Jiang et al. 2017; guide ``vae``: z reparameterised in the
-  guide, c enumerated in the model) and DMVAE (seeds/000; guide ``dmvae`` with its own q(c|x),
-  c enumerated in the guide), batch 256, encoder 784-500-500-2000 -> 10-d z, mirrored Bernoulli
-  decoder, K=10, ``enum``; against the hand-written ELBOs with the same noise.
+  guide, c enumerated in the model) and DMVAE (Singh, Panda & Gajbhiye, "Mixture of Experts using
+  Discrete VAE"; guide ``dmvae`` with its own q(c|x), c enumerated in the guide), batch 256,
+  encoder 784-500-500-2000 -> 10-d z, mirrored Bernoulli decoder, K=10,
+  ``enum``; against the hand-written ELBOs with the same noise.
 
 Before timing, each Pyro loss and its gradient are checked against the hand-written twin (same
 parameters, same random numbers) and the relative differences are reported. Ratios are medians
@@ -325,9 +326,7 @@ def protocol(args: argparse.Namespace) -> dict:
         "mnist_steps": args.mnist_steps,
         "mnist_batch": args.mnist_batch,
         "warmup": args.warmup,
-        "device": args.device
-        if args.device != "cpu"
-        else "cpu (no GPU machine was lent to this task)",
+        "device": args.device,
     }
 
 
@@ -336,24 +335,20 @@ def report(results: dict, args: argparse.Namespace) -> str:
     columns += ["grad_rel_diff", "agrees", "status"]
     parts = [
         "# Pyro overhead per SVI step against hand-written PyTorch\n",
-        f"CPU only (2 cores shared with other sessions), {args.threads} thread(s): no GPU "
-        "machine was lent to this task. Each Pyro "
+        f"Device `{args.device}`, {args.threads} CPU thread(s); the machine line above says what "
+        "ran it and how busy its CPUs were. Each Pyro "
         "path alternates step by step with its hand-written twin (same parameters, same loss, "
         "same random numbers; loss and gradient agreement are checked first); medians of "
         f"{args.steps} steps (small MoE) and {args.mnist_steps} steps (MNIST scale, batch "
         f"{args.mnist_batch}) after {args.warmup} warm-up steps. `validation` is Pyro's "
         "distribution-argument checking (`pyro.enable_validation`, on by default).\n",
-        "Load caveat: the machine (2 cores) is shared with other sessions running tests and "
-        "benchmarks; alternation makes the ratio fair under load, but absolute ms vary from run "
-        "to run.\n",
+        "Alternation makes the ratio fair when other work loads the CPUs, but absolute ms vary "
+        "from run to run.\n",
     ]
     for problem, rows in results.items():
         parts.append(f"## {problem} (target ratio <= {TARGETS[problem]})\n")
         parts.append(markdown_table(rows, columns) + "\n")
     parts.append(
-        "Issue 7's first measurement (different machine state): hand 1.88 ms, TraceEnum_ELBO "
-        "6.17 ms (3.3x), JitTraceEnum_ELBO 4.51 ms (2.4x); an earlier attempt at the fast path "
-        "measured hand 4.20 ms, TraceEnum 8.31 ms (1.98x), fast path 5.54 ms (1.32x).\n\n"
         "The JIT rows of the VaDE model differ from the hand-written loss (by ~1e-3 relative) and "
         "gradient (by a different draw's gradient: O(1) relative) because the traced program draws "
         "its reparameterisation noise through a different call than the eager one; the eager "
@@ -365,9 +360,8 @@ def report(results: dict, args: argparse.Namespace) -> str:
         f"the two losses and gradients agree (`agrees`: below {LOSS_TOL:g} and {GRAD_TOL:g}; "
         "the benchmark exits with an error if an eager row does not). The vectorised variance "
         "harness is timed in `harness_speed.md`.\n\n"
-        "Not measured: GPU timings (no GPU machine was lent to this task; CPU numbers on 2 "
-        "shared cores). The MNIST-scale input is random binary 784-pixel images (timing does not "
-        "depend on pixel values)."
+        "The MNIST-scale input is random binary 784-pixel images (timing does not depend on "
+        "pixel values)."
     )
     return "\n".join(parts)
 

@@ -1,15 +1,16 @@
-"""Table 1 of seeds/000: Deep MoE vs VaDE-gated ME vs DVMoE on the ``shells`` sets, D = 1, 2, 5.
+"""Deep MoE vs VaDE-gated ME vs DVMoE on the ``shells`` sets, D = 1, 2, 5: Table 1 of Singh, Panda
+& Gajbhiye, "Mixture of Experts using Discrete VAE".
 
 For each input dimension and seed, trains on ``shells`` (K = 3 nested shells, a linear regression
 function per shell, noise variance 0.01) the Deep MoE baseline (classic ME, MLP gate, linear
 experts, exact log p(y|x) by ``enum``), the VaDE-gated ME (``enum``) and DVMoE with each estimator
-in ``--estimators`` (``enum``: the bound exact in c; ``gumbel``: the seed's relaxed objective L~;
-``rloo``: score function with leave-one-out baselines), plus DVMoE with ``enum`` at each weight of
-the input ELBO in ``--x-weights`` (``x_weight = 1`` is the seed's objective L). Every model gets the
-same data, budget, optimiser (Adam, same lr and batch) and hidden width. Reports test MSE, test NLL
-(nats per point), the gate's clustering accuracy against the true shells (argmax of p(c|x), best
-matching of labels), training wall time and test-time inference time per 10,000 points (gate plus
-experts), mean and std over seeds.
+in ``--estimators`` (``enum``: the bound exact in c; ``gumbel``: Singh et al.'s relaxed objective
+L~; ``rloo``: score function with leave-one-out baselines), plus DVMoE with ``enum`` at each weight
+of the input ELBO in ``--x-weights`` (``x_weight = 1`` is Singh et al.'s objective L). Every model
+gets the same data, budget, optimiser (Adam, same lr and batch) and hidden width. Reports test MSE,
+test NLL (nats per point), the gate's clustering accuracy against the true shells (argmax of p(c|x),
+best matching of labels), training wall time and test-time inference time per 10,000 points (gate
+plus experts), mean and std over seeds.
 
     python benchmarks/table1_dvmoe.py                            # the committed budget
     python benchmarks/table1_dvmoe.py --epochs 1 --seeds 1 --n 100 --dims 2   # smoke run
@@ -26,7 +27,7 @@ import torch
 from pyro_moe import RunSpec, build, fit, metrics
 from pyro_moe.benchmarking import fixed_budget, markdown_table, write_results
 
-#: the seed's Table 1 (test MSE): Deep MoE and DVMoE, by input dimension
+#: Singh et al.'s Table 1 (test MSE): Deep MoE and DVMoE, by input dimension
 PUBLISHED = {1: (10.0424, 0.0312), 2: (20.4247, 0.0434), 5: (180.117, 96.1049)}
 METRICS = ("mse", "nll", "gate_accuracy", "train_seconds", "inference_seconds_per_10k")
 
@@ -91,13 +92,13 @@ def table_row(dim: int, label: str, estimator: str, per_seed: list[dict]) -> dic
     row["mse per seed"] = " ".join(f"{r['mse']:.3g}" for r in per_seed)
     published = PUBLISHED.get(dim)
     if published and label in ("Deep MoE", "DVMoE") and estimator == "enum":
-        row["seed paper MSE"] = published[0 if label == "Deep MoE" else 1]
+        row["Singh et al. MSE"] = published[0 if label == "Deep MoE" else 1]
     return row
 
 
 def write(args: argparse.Namespace, table: list[dict], results: dict, seconds: float) -> None:
     """Write the results files (after every input dimension, so a stopped run keeps its rows)."""
-    columns = ["D", "model", "estimator", *METRICS, "mse per seed", "seed paper MSE"]
+    columns = ["D", "model", "estimator", *METRICS, "mse per seed", "Singh et al. MSE"]
     steps = args.epochs * ((args.n * 6 // 10) // args.batch_size)
     note = (
         f"Protocol: `shells` with K = {args.clusters} shells, n = {args.n} points (60/20/20 "
@@ -105,11 +106,11 @@ def write(args: argparse.Namespace, table: list[dict], results: dict, seconds: f
         f"{args.lr}), no early stopping (the parameters of the best validation epoch are kept), "
         f"{args.seeds} seed(s) from {args.seed} (the seed changes data and initialisation); "
         f"hidden width {args.hidden} for every network; linear experts; noise floor (test MSE "
-        "of the true functions) 0.01. Cells are mean ± std over seeds. No GPU was lent; the "
-        "2-core CPU was shared with other sessions, so wall times are inflated. "
-        'The seed paper\'s Table 1 ("Mixture of Experts using Discrete VAE", Deep MoE vs DVMoE '
-        "test MSE) does not say what its data or budget were, so its numbers are beside ours, "
-        "not comparable cell for cell.\n\n"
+        "of the true functions) 0.01. Cells are mean ± std over seeds. Wall times depend on the "
+        "machine line above (its load average included). "
+        'Singh, Panda & Gajbhiye\'s Table 1 ("Mixture of Experts using Discrete VAE", Deep MoE '
+        "vs DVMoE test MSE) does not say what its data or budget were, so its numbers are beside "
+        "ours, not comparable cell for cell.\n\n"
     )
     write_results(
         "table1_dvmoe",

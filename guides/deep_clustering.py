@@ -5,7 +5,7 @@
   ``enum`` a mixture prior is summed out in the model).
 * ``vade``: q(z|x) and q(c|x) = p(c | z^) at the sampled z^ (Jiang et al. 2017).
 * ``dmvae``: q(z|x) and q(c|x) = Categorical(softmax(g(x))), the separate cluster network
-  (seeds/000, sec. 6).
+  (Singh, Panda & Gajbhiye, "Mixture of Experts using Discrete VAE", sec. 6).
 """
 
 from __future__ import annotations

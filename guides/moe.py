@@ -3,7 +3,8 @@
 * ``none``: no guide site for ``cluster``. With ``enum`` the model's gate is summed out, so the
   ELBO is exactly log p(y|x). Sampling estimators cannot use it.
 * ``gate``: q(c|x) = p(c|x), the model's own gate. The ELBO collapses to the Jensen bound
-  E_{p(c|x)}[log p(y|x, c)] = sum_k p(k|x) log p(y|x, k) that seeds/003 optimises; the log p(c|x)
+  E_{p(c|x)}[log p(y|x, c)] = sum_k p(k|x) log p(y|x, k) that the question on the Jensen bound for
+  mixtures of experts optimises; the log p(c|x)
   and log q(c|x) terms cancel.
 * ``posterior``: an amortized posterior network q(c|x, y) = Categorical(softmax(h([x, y]))). The
   ELBO is log p(y|x) - KL(q(c|x,y) || p(c|x,y)), tight when q matches the exact posterior
@@ -37,7 +38,7 @@ class NoGuide(PyroGuide):
 
 @GUIDES.register("gate")
 class GateGuide(PyroGuide):
-    """q(c|x) = p(c|x), the model's gate: the ELBO becomes the Jensen bound of seeds/003."""
+    """q(c|x) = p(c|x), the model's gate: the ELBO becomes the Jensen bound of the question."""
 
     model_types = (MixtureOfExperts,)
 

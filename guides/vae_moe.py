@@ -3,8 +3,9 @@
 Both sample z ~ q(z|x) = N(loc(x), diag(scale(x)^2)) first (the model's encoder), then c:
 
 * ``vade-moe``: q(c|x) = p(c|z) at the sampled z, log pi_k + log N(z; mu_k, sigma_k^2) normalised
-  (VaDE, Jiang et al. 2017; seeds/000 sec. 3 and 5);
-* ``dvmoe``: q(c|x) = the DMVAE's own encoder, the model's gate g(x) (seeds/000 sec. 6-7).
+  (VaDE, Jiang et al. 2017; Singh et al., sec. 3 and 5);
+* ``dvmoe``: q(c|x) = the DMVAE's own encoder, the model's gate g(x) (Singh, Panda &
+  Gajbhiye, "Mixture of Experts using Discrete VAE", sec. 6-7).
 
 The networks belong to the model (the gate also weighs the experts in p(y|x)), so they are
 registered, saved and optimised once.

@@ -1,4 +1,4 @@
-"""Discrete Mixture VAE, DMVAE (seeds/000, sec. 6).
+"""Discrete Mixture VAE, DMVAE (Singh et al., "Mixture of Experts using Discrete VAE", sec. 6).
 
 Same generative story as VaDE with a uniform prior on the cluster::
 
@@ -11,15 +11,15 @@ q(z, c|x) = N(z | mu(x), diag(sigma(x)^2)) Categorical(c | softmax(g(x))). The E
 
     E_q [ log p(x|z) ] - E_q(c|x) [ KL(q(z|x) || p(z|c)) ] - KL(q(c|x) || p(c))
 
-is optimised with any gate estimator of the registry: ``enum`` sums c exactly; the seed's
+is optimised with any gate estimator of the registry: ``enum`` sums c exactly; Singh et al.'s
 Gumbel-softmax relaxation (``gumbel``, ``st-gumbel``) feeds a relaxed one-hot c, which the model
 reads through :func:`pyro_moe.gate.select` (so p(z|c) uses the c-weighted means and scales, as the
 seed's relaxed objective L~); ``reinforce`` uses score functions. Reading q(c|x) is one pass of
-g, with no sampling of z (the seed's "fast inference" claim, measured in
+g, with no sampling of z (Singh et al.'s "fast inference" claim, measured in
 benchmarks/clustering_mnist.py).
 
 References:
-    1. G. Singh, A. Panda, A. Gajbhiye, "Mixture of Experts using Discrete VAE" (seeds/000).
+    1. G. Singh, A. Panda, A. Gajbhiye, "Mixture of Experts using Discrete VAE" (undated report).
     2. E. Jang, S. Gu, B. Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
 """
 

@@ -1,4 +1,4 @@
-"""Gaussian mixture model with the assignment enumerated (seeds/000, sec. 2.2).
+"""Gaussian mixture model with the assignment enumerated (Bishop ch. 9; Singh et al. sec. 2.2).
 
 Generative story, for each data point n::
 
@@ -14,7 +14,7 @@ EM baseline (scikit-learn's ``GaussianMixture``) on the same data.
 
 References:
     1. C. M. Bishop, "Pattern Recognition and Machine Learning", 2006, ch. 9.
-    2. G. Singh, A. Panda, A. Gajbhiye, "Mixture of Experts using Discrete VAE" (seeds/000).
+    2. G. Singh, A. Panda, A. Gajbhiye, "Mixture of Experts using Discrete VAE" (undated report).
 """
 
 from __future__ import annotations

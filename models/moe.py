@@ -8,12 +8,12 @@ Generative story, for each data point n (inputs x_n are given)::
 
 so that p(y|x) = sum_k p(c = k|x) p(y|x, c = k). The gate g is linear-softmax or an MLP, the
 experts f_k are affine maps or MLPs (K of them, run together as one batched network); each
-regression expert has its own noise scale s_k (seeds/000, sec. 4.1-4.2).
+regression expert has its own noise scale s_k (Singh et al., sec. 4.1-4.2).
 
 With the ``cluster`` site enumerated in the model (``enum`` and guide ``none``) the ELBO is exactly
-log p(y|x); with q(c|x) = p(c|x) (guide ``gate``) it is the Jensen bound
-sum_k p(k|x) log p(y|x, k) of seeds/003; with a posterior network q(c|x, y) (guide ``posterior``)
-it is the ELBO log p(y|x) - KL(q(c|x,y) || p(c|x,y)).
+log p(y|x); with q(c|x) = p(c|x) (guide ``gate``) it is the Jensen bound sum_k p(k|x) log p(y|x, k)
+of a question on the Jensen bound for mixtures of experts; with a posterior network q(c|x, y) (guide
+``posterior``) it is the ELBO log p(y|x) - KL(q(c|x,y) || p(c|x,y)).
 
 Shapes under ``TraceEnum_ELBO`` (max_plate_nesting=1), N=600, K=3, M=1, as printed by
 ``poutine.trace(poutine.enum(config_enumerate(model.model), -2)).get_trace(x, y).format_shapes()``::
@@ -32,7 +32,7 @@ Shapes under ``TraceEnum_ELBO`` (max_plate_nesting=1), N=600, K=3, M=1, as print
 References:
     1. R. A. Jacobs, M. I. Jordan, S. J. Nowlan, G. E. Hinton, "Adaptive Mixtures of Local
        Experts", Neural Computation 1991.
-    2. G. Singh, A. Panda, A. Gajbhiye, "Mixture of Experts using Discrete VAE" (seeds/000).
+    2. G. Singh, A. Panda, A. Gajbhiye, "Mixture of Experts using Discrete VAE" (undated report).
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ class MixtureOfExperts(PyroModel):
         return torch.logsumexp(log_gate + self.component_log_likelihood(x, y), -1)
 
     def jensen_bound(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """sum_k p(k|x_n) log p(y_n|x_n, k) <= log p(y_n|x_n) (seeds/003's objective): ``[N]``."""
+        """sum_k p(k|x_n) log p(y_n|x_n, k) <= log p(y_n|x_n) (the question's bound): ``[N]``."""
         gate = torch.softmax(self.gate_logits(x), -1)
         return (gate * self.component_log_likelihood(x, y)).sum(-1)
 

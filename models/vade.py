@@ -1,4 +1,4 @@
-"""Variational Deep Embedding, VaDE (Jiang et al. 2017; seeds/000, sec. 3).
+"""Variational Deep Embedding, VaDE (Jiang et al. 2017; as used by Singh et al., sec. 3).
 
 Generative story, for each data point n::
 
@@ -23,7 +23,7 @@ data and start the prior (pi, mu, sigma) there (:meth:`VaDE.init_prior_from_gmm`
 References:
     1. Z. Jiang, Y. Zheng, H. Tan, B. Tang, H. Zhou, "Variational Deep Embedding: An
        Unsupervised and Generative Approach to Clustering", IJCAI 2017.
-    2. G. Singh, A. Panda, A. Gajbhiye, "Mixture of Experts using Discrete VAE" (seeds/000).
+    2. G. Singh, A. Panda, A. Gajbhiye, "Mixture of Experts using Discrete VAE" (undated report).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Gaussian-latent variational autoencoder (Kingma & Welling 2014; seeds/000, sec. 2.3).
+"""Gaussian-latent variational autoencoder (Kingma & Welling 2014; Singh et al., sec. 2.3).
 
 Generative story, for each data point n::
 
@@ -16,6 +16,7 @@ References:
     1. D. P. Kingma, M. Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
     2. Z. Jiang, Y. Zheng, H. Tan, B. Tang, H. Zhou, "Variational Deep Embedding: An
        Unsupervised and Generative Approach to Clustering", IJCAI 2017.
+    3. G. Singh, A. Panda, A. Gajbhiye, "Mixture of Experts using Discrete VAE" (undated report).
 """
 
 from __future__ import annotations

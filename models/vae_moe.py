@@ -1,4 +1,5 @@
-"""Mixtures of experts gated by a VAE with a mixture prior: VaDE-gated ME and DVMoE (seeds/000).
+"""Mixtures of experts gated by a VAE with a mixture prior: VaDE-gated ME and DVMoE
+(Singh, Panda & Gajbhiye, "Mixture of Experts using Discrete VAE").
 
 Both models put a deep clustering model on the inputs and let its cluster variable c choose the
 expert. Generative story, for each data point n::
@@ -13,30 +14,31 @@ one batched network. Everything that depends on c is read through :func:`pyro_mo
 so the same body runs with c an integer (sampled), enumerated (``enum``) or a relaxed one-hot
 vector (``gumbel``, ``concrete``, ``st-gumbel``, ...). Under a relaxed gate w the prior is
 N(sum_k w_k mu_k, diag(sum_k w_k sigma_k)^2), which tends to p(z|c) as w tends to a one-hot
-vector (the seed's note under Table 1).
+vector (Singh et al.'s note under Table 1).
 
-* ``vade-moe`` (seeds/000 sec. 5): pi is learned; the label reads the cluster site,
+* ``vade-moe`` (Singh et al., sec. 5): pi is learned; the label reads the cluster site,
   p(y|x, c), so the joint is p(x, y) = sum_c p(c) p(z|c) p(x|z) p(y|x, c). The guide ``vade-moe``
   samples z ~ q(z|x) and sets q(c|x) = p(c|z) at that z (VaDE, Jiang et al. 2017), and the ELBO is
   E_q[log p(y|x, c)] + ELBO_VaDE(x). At test time p(c|x) = E_{q(z|x)}[p(c|z)] is estimated with
   ``gate_samples`` draws of z (sec. 5.1), so p(y|x) = sum_c p(c|x) p(y|x, c).
-* ``dvmoe`` (seeds/000 sec. 6-7): the DMVAE gate: pi uniform, a separate encoder q(c|x) = the
+* ``dvmoe`` (Singh et al., sec. 6-7): the DMVAE gate: pi uniform, a separate encoder q(c|x) = the
   gate g(x), and K learned prior means and variances. With ``label_gate="encoder"`` (default) the
   label site is the expert mixture under that gate, p(y|x) = sum_c q(c|x) p(y|x, c), so the ELBO
-  with the guide ``dvmoe`` (z ~ q(z|x), c ~ q(c|x)) is the seed's bound
+  with the guide ``dvmoe`` (z ~ q(z|x), c ~ q(c|x)) is Singh et al.'s bound
 
       L(x, y) = log p(y|x) + E_q(z|x)[log p(x|z)] - E_q(c|x)[KL(q(z|x) || p(z|c))]
                 - KL(q(c|x) || p(c)),
 
   exact in c under ``enum``; under ``gumbel`` (relaxed c in p(z|zeta), analytic KL for c) it is
-  the seed's relaxed objective L~, and every other estimator of the registry estimates the same L.
+  Singh et al.'s relaxed objective L~, and every other estimator of the registry estimates the
+  same L.
   ``label_gate="cluster"`` makes the label read the cluster site instead (the joint form of
   ``vade-moe``, where log p(y|x) is replaced by its Jensen bound E_q(c|x)[log p(y|x, c)]).
   At test time p(y|x) = sum_c q(c|x) p(y|x, c): one pass of the gate network, no sampling.
 
 Weight of the input model (``x_weight`` = beta): the sites ``cluster``, ``latent`` and ``obs`` are
 scaled by beta in the model and the guide, so the objective is log p(y|x) + beta ELBO(x) (for
-``vade-moe``, E_q[log p(y|x, c)] + beta ELBO_VaDE(x)); beta = 1 is the seed's L (and L~).
+``vade-moe``, E_q[log p(y|x, c)] + beta ELBO_VaDE(x)); beta = 1 is Singh et al.'s L (and L~).
 ``vade-moe`` defaults to 1; ``dvmoe`` to :data:`DVMOE_X_WEIGHT` = 0.3. Why: at beta = 1 the input
 ELBO (about -4.5 nats per point on the 2-D ``shells`` set, against about +0.9 for log p(y|x))
 decides q(c|x). A Gaussian mixture in z cannot separate nested shells, so it pulls q(c|x) towards
@@ -65,7 +67,7 @@ printed by ``poutine.trace(poutine.enum(config_enumerate(model.model), -2)).get_
              value   5 | 1
 
 References:
-    1. G. Singh, A. Panda, A. Gajbhiye, "Mixture of Experts using Discrete VAE" (seeds/000).
+    1. G. Singh, A. Panda, A. Gajbhiye, "Mixture of Experts using Discrete VAE" (undated report).
     2. Z. Jiang, Y. Zheng, H. Tan, B. Tang, H. Zhou, "Variational Deep Embedding: An Unsupervised
        and Generative Approach to Clustering", IJCAI 2017.
     3. E. Jang, S. Gu, B. Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
@@ -285,7 +287,7 @@ class VadeGatedMoE(VaeGatedMoE):
         return {k: v for k, v in VaeGatedMoE.options().items() if k != "label_gate"}
 
     def gate_log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """log E_{q(z|x)}[p(c|z)] by ``gate_samples`` draws of z (seeds/000 sec. 5.1)."""
+        """log E_{q(z|x)}[p(c|z)] by ``gate_samples`` draws of z (Singh et al., sec. 5.1)."""
         loc, scale = self.encode(x)
         z = loc + scale * torch.randn((self.gate_samples,) + loc.shape, dtype=loc.dtype)
         log_post = self.cluster_given_latent(z)  # [S, N, K]
@@ -296,7 +298,7 @@ class VadeGatedMoE(VaeGatedMoE):
 class DVMoE(VaeGatedMoE):
     """ME gated by DMVAE (DVMoE): own q(c|x) network; p(y|x) = sum_c q(c|x) p(y|x, c).
 
-    The input ELBO is weighted by ``x_weight`` = :data:`DVMOE_X_WEIGHT` by default (the seed's
+    The input ELBO is weighted by ``x_weight`` = :data:`DVMOE_X_WEIGHT` by default (Singh et al.'s
     objective is ``x_weight=1``; see the module docstring for why and what it costs)."""
 
     pyro_name = "dvmoe"

@@ -41,9 +41,24 @@ def fixed_budget(epochs: int, batch_size: int, lr: float, seed: int, **options: 
 
 
 def machine() -> str:
-    """A one-line description of this machine (CPU count, processor, OS)."""
+    """A one-line description of this machine, measured when called: CPU cores, processor, OS,
+    the GPU torch sees (or that it sees none) and the 1-minute load average (how busy the CPUs
+    were, which inflates wall times)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpus} CPU cores, {platform.processor() or platform.machine()}, {platform.system()}"
+    parts = [f"{cpus} CPU cores", platform.processor() or platform.machine(), platform.system()]
+    parts.append(gpu())
+    if hasattr(os, "getloadavg"):
+        parts.append(f"load average {os.getloadavg()[0]:.1f}")
+    return ", ".join(parts)
+
+
+def gpu() -> str:
+    """The CUDA device torch sees (name and count), or ``"no CUDA device"``."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:

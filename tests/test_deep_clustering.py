@@ -167,7 +167,7 @@ def test_deep_models_reject_bad_options():
     [
         ("vade", "enum", 0.40),
         ("dmvae", "enum", 0.39),
-        ("dmvae", "gumbel", 0.39),  # the seed's relaxed objective
+        ("dmvae", "gumbel", 0.39),  # Singh et al.'s relaxed objective
         ("dmvae", "st-gumbel", 0.45),
     ],
 )

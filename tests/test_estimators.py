@@ -132,7 +132,7 @@ def test_st_gumbel_forward_is_exactly_one_hot(float64):
 
 
 def test_question_estimator_is_biased(float64):
-    """The seeds/003 proposal: its mean gradient misses the exact Jensen-bound gradient by more
+    """The question's proposal: its mean gradient misses the exact Jensen-bound gradient by more
     than 20% of its norm, far beyond the Monte Carlo noise (bias > 10 x bias_noise)."""
     model, guide, args = _setup(guide="gate")
     torch.manual_seed(4)

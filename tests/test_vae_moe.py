@@ -31,7 +31,7 @@ def tiny(name: str, task: str = "regression", k: int = 3, **options):
 
 
 def hand_objective(model, x, y, z, x_weight=1.0):
-    """log p(y|x) + x_weight * ELBO(x) at one z, written out term by term (seeds/000 sec. 7)."""
+    """log p(y|x) + x_weight * ELBO(x) at one z, written out term by term (Singh et al., sec. 7)."""
     loc, scale = model.encode(x)
     log_q_z = dist.Normal(loc, scale).log_prob(z).sum(-1)  # [N]
     dec_loc, dec_raw = model.decoder(z).chunk(2, -1)
@@ -184,7 +184,7 @@ def shells_test_mse(name: str, seed: int = 0, **options) -> float:
 
 
 def test_dvmoe_default_input_weight_beats_the_seeds_weight_on_shells():
-    """DVMoE's default x_weight (0.3) against the seed's objective (x_weight 1) on D = 2, seed 0:
+    """DVMoE's default x_weight (0.3) against Singh et al.'s objective (x_weight 1), D = 2, seed 0:
     test MSE 0.47 vs 3.2 (measured; seed 1 gave 0.78 vs 3.0, and at 1,200 steps seeds 0-4 gave
     0.0095, 0.021, 2.2, 0.019, 0.88 vs 0.26, 0.21, 5.0, 0.33, 2.9). At weight 1 the input ELBO
     pulls q(c|x) towards a soft partition that nested shells do not have. The Deep MoE baseline

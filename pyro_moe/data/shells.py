@@ -1,9 +1,9 @@
-"""``shells``: the piecewise-regression sets for the DVMoE table (seeds/000, Table 1).
+"""``shells``: the piecewise-regression sets for the DVMoE table.
 
-The seed ("Mixture of Experts using Discrete VAE", Table 1) reports Deep MoE vs DVMoE for input
-dimensions 1, 2 and 5 but never defines its data. This set is built to test its claim, that a gate
-which clusters the inputs (a VAE with a mixture prior) beats a plain softmax/MLP gate when the
-clusters are not linearly separable:
+Singh, Panda & Gajbhiye, "Mixture of Experts using Discrete VAE" (Table 1) report Deep MoE vs DVMoE
+for input dimensions 1, 2 and 5 but never define their data. This set is built to test their claim,
+that a gate which clusters the inputs (a VAE with a mixture prior) beats a plain softmax/MLP gate
+when the clusters are not linearly separable:
 
 * K clusters are nested shells: cluster k has radii in the band ``[r_k, r_k + width]`` with
   ``r_k = 1 + gap * k`` (bands separated by ``gap - width``);

@@ -4,10 +4,10 @@
   ``t ~ U(0, 1)``, ``x = t + 0.3 sin(2 pi t) + U(-0.1, 0.1)``; predict ``t`` from ``x``. For
   ``x`` in about (0.35, 0.65) three branches of ``t`` are possible, so p(t|x) is multimodal and a
   single Gaussian cannot fit it.
-* ``two-parabolas``: the two-parabola example of the "Mixture of Variational Autoencoders" post
-  (seeds/002): ``y = (2x + 1)^2 - 1`` for ``x < x'`` and ``y = 2 - (2x - 2)^2`` for
-  ``x >= x'`` with ``x' = 0.3`` (off the centre of ``x ~ U(-1, 1)``, so a k-means split of the
-  inputs at 0 is wrong), noise sd 0.05.
+* ``two-parabolas``: the two-parabola example of the "Mixture of Variational Autoencoders - a
+  Fusion Between MoE and VAE" blog post: ``y = (2x + 1)^2 - 1`` for ``x < x'`` and
+  ``y = 2 - (2x - 2)^2`` for ``x >= x'`` with ``x' = 0.3`` (off the centre of ``x ~ U(-1, 1)``,
+  so a k-means split of the inputs at 0 is wrong), noise sd 0.05.
 * ``sign-flip``: piecewise-linear regression whose offset flips sign at ``x = 0``:
   ``y = x + 1.5`` for ``x < 0``, ``y = x - 1.5`` for ``x >= 0``, ``x ~ U(-2, 2)``, noise sd 0.1.
   Two linear experts and a gate that learns the split fit it exactly.
@@ -53,7 +53,7 @@ def bishop_inverse(n: int = 1000, seed: int = 0) -> Dataset:
 
 @DATASETS.register("two-parabolas")
 def two_parabolas(n: int = 1000, seed: int = 0, split: float = 0.3) -> Dataset:
-    """Two parabolas joined at x' = 0.3 (seeds/002): an expert for each side of x'."""
+    """Two parabolas joined at x' = 0.3 (the blog post's example): an expert per side of x'."""
     _check_size(n)
     rng = _rng(seed)
     x = rng.uniform(-1.0, 1.0, n)

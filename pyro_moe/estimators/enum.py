@@ -1,7 +1,7 @@
 """``enum``: the gate summed out exactly.
 
-The ``cluster`` site is enumerated in parallel (``config_enumerate``) in the model and the guide,
-and ``TraceEnum_ELBO`` computes
+In general (``fast=False``, or any guide with latent sites) the ``cluster`` site is enumerated in
+parallel (``config_enumerate``) in the model and the guide, and ``TraceEnum_ELBO`` computes
 
     ELBO = E_{q(z|x)} [ log sum_c p(x, y, z, c) ]                 (no guide site for c)
     ELBO = E_{q(z|x)} [ sum_c q(c|...) log p(x, y, z, c) / q(c|...) q(z|x) ]   (guide site for c)
@@ -35,7 +35,8 @@ from pyro_moe.registry import ESTIMATORS
 
 @ESTIMATORS.register("enum")
 class Enumerate(Estimator):
-    """Exact: the discrete sum done analytically (config_enumerate + TraceEnum_ELBO)."""
+    """Exact: the discrete sum done analytically, by one collapsed pass of the model when the guide
+    has no latent sites (the default fast path), else by config_enumerate + TraceEnum_ELBO."""
 
     name = "enum"
     needs_guide_site = False

@@ -11,7 +11,7 @@ Jang et al.'s objective for a gate with prior p(c) and posterior q(c) (Gumbel-so
   sample's gradient (biased).
 
 With q(c|x) = p(c|x) (the ``gate`` guide) the KL vanishes and L_tau is the relaxed Jensen bound
-of seeds/003.
+sum_k p(k|x) log p(y|x, k) of the question on the Jensen bound for mixtures of experts.
 
 References:
     1. E. Jang, S. Gu, B. Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.

@@ -1,4 +1,5 @@
-"""``question``: the estimator proposed in seeds/003, kept to show with numbers where it is wrong.
+"""``question``: the estimator proposed in a question on the Jensen bound for
+mixtures of experts, kept to show with numbers where it is wrong.
 
 The question samples g ~ Gumbel, forms beta = softmax((log alpha + g) / lambda) from the gate
 alpha = p(z|x, phi), and proposes
@@ -31,7 +32,7 @@ from pyro_moe.registry import ESTIMATORS
 
 @ESTIMATORS.register("question")
 class Question(TemperedEstimator):
-    """seeds/003's proposal: f(argmax beta) * grad beta_argmax (biased; kept to measure it)."""
+    """The question's proposal: f(argmax beta) * grad beta_argmax (biased; kept to measure it)."""
 
     name = "question"
     unbiased = False

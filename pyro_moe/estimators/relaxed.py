@@ -7,7 +7,7 @@ which accepts one-hot weights. Samples are drawn in log space (``ExpRelaxedCateg
 
     g_k ~ Gumbel(0, 1),   y = log_softmax((logits + g) / tau),   w = exp(y)
 
-Numerical care (tested in tests/test_relaxed.py): Pyro's ``RelaxedOneHotCategorical`` scores w
+Numerical care (tested in tests/test_numerics.py): Pyro's ``RelaxedOneHotCategorical`` scores w
 through log(w), which underflows to -inf at low temperature (tau = 0.01 with logits +-50 gives a
 non-finite log_prob for every sample), and ``RelaxedOneHotCategoricalStraightThrough`` scores a
 replayed hard one-hot value as if it were the relaxed sample (log(0) again). Here the log-space
@@ -159,7 +159,7 @@ class CategoricalKL(dist.TorchDistribution):
 class GumbelArgmax(dist.TorchDistribution):
     """Categorical(logits) sampled by the Gumbel-max trick, c = argmax(logits + g); keeps the
     relaxed weight of the chosen component beta_c = softmax((logits + g) / tau)_c in ``stash``
-    (for the estimator of seeds/003). ``log_prob`` is the categorical's."""
+    (for the ``question`` estimator). ``log_prob`` is the categorical's."""
 
     arg_constraints: dict[str, Any] = {}
     support = constraints.nonnegative_integer

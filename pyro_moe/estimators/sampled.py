@@ -13,9 +13,10 @@ and reduces every site's (scaled) log-density to one cost per data point,
 plus ``logq[e, s, n]`` = log q(c_n) of the guide's ``cluster`` site (the score). Sites outside the
 ``data`` plate are spread evenly over the points of the batch. Subclasses turn ``f`` and ``logq``
 into a value and a surrogate per estimate; :meth:`SampledEstimator.estimate_losses` returns the
-``E`` losses ``-value`` with the surrogate's gradient, so that the variance harness obtains E
-independent gradients from one forward pass, and :meth:`SampledEstimator.loss` is the ``E = 1``
-case the trainer uses.
+``E`` losses ``-value`` with the surrogate's gradient (E independent estimates from one forward
+pass), and :meth:`SampledEstimator.loss` is the ``E = 1`` case the trainer uses. The variance
+harness draws its many estimates through :mod:`pyro_moe.vectorised` (torch.func per-estimate
+gradients of :meth:`loss`), not through ``estimate_losses``.
 
 An optional Pyro handler (:meth:`SampledEstimator.handler`) is applied to both the guide and the
 model; the relaxed estimators use it to turn the ``cluster`` site into a relaxed one-hot vector.
