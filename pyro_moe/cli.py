@@ -70,7 +70,12 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         description="Train MODEL on a data set with a gradient estimator.",
     )
     p.add_argument("model", nargs="?", help="model name (see `pyro-moe list`); omit with --resume")
-    p.add_argument("--data", help="data set name, or a .npz file with arrays x, y")
+    p.add_argument(
+        "--data",
+        help="data set name, or a .npz file: x with y and/or labels (split 60/20/20 with the "
+        "seed; --data-option train_fraction=, valid_fraction=, split_seed=), or x_train, x_valid, "
+        "x_test with y_* / labels_* (used as is)",
+    )
     p.add_argument("--estimator", default="enum", help="gradient estimator (default: enum)")
     p.add_argument("--guide", help="guide name (default: the model's, exact for enum)")
     p.add_argument("--out", required=True, type=Path, help="run folder")

@@ -55,6 +55,7 @@ from pyro_moe.errors import (
 )
 from pyro_moe.estimators.base import Estimator
 from pyro_moe.estimators.enum import Enumerate
+from pyro_moe.metrics import split_metrics
 from pyro_moe.nonfinite import (
     describe,
     is_invalid_parameter_error,
@@ -418,9 +419,7 @@ class Trainer:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
             metrics = {"valid_loss": self._objective(split) / len(split)}
-            metrics.update(
-                {f"valid_{k}": v for k, v in self.model.evaluate(split.x, split.y).items()}
-            )
+            metrics.update({f"valid_{k}": v for k, v in split_metrics(self.model, split).items()})
         if self.monitor not in metrics:
             raise ConfigError(
                 f"monitor {self.monitor!r} is not among the validation metrics {', '.join(metrics)}"
