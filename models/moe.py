@@ -151,6 +151,10 @@ class MixtureOfExperts(PyroModel):
         """Unnormalised log p(c|x): ``[N, K]``."""
         return self.gate(x)
 
+    def gate_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(c|x): ``[N, K]``."""
+        return torch.log_softmax(self.gate_logits(x), -1)
+
     def expert_scale(self) -> torch.Tensor:
         """Regression noise scale per expert: ``[K, M]``."""
         return self.min_scale + F.softplus(self.raw_scale)
