@@ -7,9 +7,9 @@ estimator for the discrete gate side by side.
 """
 
 from pyro_moe import data, estimators, guides, models  # noqa: F401  (fill the registries)
-from pyro_moe.data import load_dataset
+from pyro_moe.data import Dataset, Split, load_dataset
 from pyro_moe.errors import NonFiniteError, PyroMoeError, TrainingInterrupted
-from pyro_moe.experiment import RunSpec, build, run_experiment
+from pyro_moe.experiment import RunSpec, build, evaluate, load_run, run_experiment
 from pyro_moe.gate import select
 from pyro_moe.registry import DATASETS, ESTIMATORS, GUIDES, MODELS
 from pyro_moe.train import FitResult, TrainConfig, fit
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DATASETS",
+    "Dataset",
     "ESTIMATORS",
     "GUIDES",
     "MODELS",
@@ -25,11 +26,14 @@ __all__ = [
     "NonFiniteError",
     "PyroMoeError",
     "RunSpec",
+    "Split",
     "TrainConfig",
     "TrainingInterrupted",
     "build",
+    "evaluate",
     "fit",
     "load_dataset",
+    "load_run",
     "select",
     "run_experiment",
 ]

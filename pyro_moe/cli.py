@@ -70,7 +70,12 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         description="Train MODEL on a data set with a gradient estimator.",
     )
     p.add_argument("model", nargs="?", help="model name (see `pyro-moe list`); omit with --resume")
-    p.add_argument("--data", help="data set name, or a .npz file with arrays x, y")
+    p.add_argument(
+        "--data",
+        help="data set name, or a .npz file: x with y and/or labels (split 60/20/20 with the "
+        "seed; --data-option train_fraction=, valid_fraction=, split_seed=), or x_train, x_valid, "
+        "x_test with y_* / labels_* (used as is)",
+    )
     p.add_argument("--estimator", default="enum", help="gradient estimator (default: enum)")
     p.add_argument("--guide", help="guide name (default: the model's, exact for enum)")
     p.add_argument("--out", required=True, type=Path, help="run folder")
@@ -232,6 +237,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pyro_moe.distributed import process_group, shutdown
     from pyro_moe.experiment import resume_spec, run_experiment
     from pyro_moe.runs import RunFolder
     from pyro_moe.train import TrainConfig
@@ -249,27 +255,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             estimator_options=parse_options(args.estimator_option, "estimator"),
         )
         config = TrainConfig(**overrides)
-        if args.overwrite and _is_main_process(config):
+        if args.overwrite and process_group(config.distributed, config.device).is_main:
             RunFolder(args.out).clear()
-    out = args.out if _is_main_process(config) else None  # only rank 0 writes
-    result = run_experiment(spec, config, out, resume=args.resume, figures=not args.no_figures)
-    if out is not None:
+    result = run_experiment(spec, config, args.out, resume=args.resume, figures=not args.no_figures)
+    if result.run_dir is not None:  # only the writing process (rank 0) reports
         _print_summary(result)
-    if config.distributed:
-        from pyro_moe import distributed
-
-        distributed.shutdown()
+    shutdown()
     return 0
-
-
-def _is_main_process(config: Any) -> bool:
-    """True unless this is a non-zero rank of a ``--distributed`` job (joins its group)."""
-    if not config.distributed:
-        return True
-    from pyro_moe import distributed
-
-    distributed.init(config.device)
-    return distributed.is_main_process()
 
 
 def _print_summary(result: Any) -> None:

@@ -14,6 +14,10 @@ broadcast from rank 0 at the start, sampling estimators draw with a per-rank see
 writes the run folder (config, metrics, checkpoints, figures). Validation runs on every rank on
 the full validation split, so early stopping decides the same everywhere.
 
+This is a hook of :class:`pyro_moe.train.Trainer` (``parallel``), not a subclass:
+:func:`process_group` gives :class:`DataParallel` for a distributed run and :class:`SingleProcess`
+otherwise, and ``is_main`` is the one place that says which process writes.
+
 Limits: ``--resume`` is not supported with ``--distributed``; the ``train_loss`` column is rank
 0's share of each batch.
 """
@@ -28,7 +32,6 @@ import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from pyro_moe.errors import ConfigError
-from pyro_moe.train import Trainer
 
 ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -51,11 +54,6 @@ def init(device: str = "cpu") -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def is_main_process() -> bool:
-    """Rank 0, or not distributed at all."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -71,26 +69,50 @@ def average_gradients(params: list[torch.Tensor], world_size: int) -> None:
         p.grad = g
 
 
-class DistributedTrainer(Trainer):
-    """:class:`~pyro_moe.train.Trainer` on one rank: its shard of each batch, averaged grads."""
+class SingleProcess:
+    """The trainer hook of an ordinary run: the whole batch, gradients as computed."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.rank, self.world_size = init(self.config.device)
-        if self.batch_size % self.world_size:
+    rank, world_size, is_main = 0, 1, True
+
+    def attach(self, trainer) -> None:
+        """Nothing to set up."""
+
+    def shard(self, x: torch.Tensor, y: torch.Tensor | None):
+        return x, y
+
+    def after_backward(self, params: list[torch.Tensor]) -> None:
+        """Nothing to combine."""
+
+
+class DataParallel(SingleProcess):
+    """The trainer hook of one rank: its shard of each batch, gradients averaged over ranks."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.rank, self.world_size = init(device)
+        self.is_main = self.rank == 0
+
+    def attach(self, trainer) -> None:
+        """Check the batch splits evenly, broadcast rank 0's parameters, seed this rank."""
+        if trainer.batch_size % self.world_size:
             raise ConfigError(
-                f"batch_size {self.batch_size} is not divisible by the {self.world_size} processes"
+                f"batch_size {trainer.batch_size} is not divisible by the "
+                f"{self.world_size} processes"
             )
         with torch.no_grad():
-            for p in self.parameters():
+            for p in trainer.parameters():
                 dist.broadcast(p.data, src=0)
-        pyro.set_rng_seed(self.config.seed + 1_000_003 * self.rank)
+        pyro.set_rng_seed(trainer.config.seed + 1_000_003 * self.rank)
 
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x, y = super().batch()
-        share = self.batch_size // self.world_size
+    def shard(self, x: torch.Tensor, y: torch.Tensor | None):
+        share = len(x) // self.world_size
         rows = slice(self.rank * share, (self.rank + 1) * share)
         return x[rows], None if y is None else y[rows]
 
-    def after_backward(self) -> None:
-        average_gradients(self.parameters(), self.world_size)
+    def after_backward(self, params: list[torch.Tensor]) -> None:
+        average_gradients(params, self.world_size)
+
+
+def process_group(distributed: bool, device: str = "cpu") -> SingleProcess:
+    """The trainer hook for a run: :class:`DataParallel` (joining torchrun's group) when
+    ``distributed``, else :class:`SingleProcess`."""
+    return DataParallel(device) if distributed else SingleProcess()

@@ -4,8 +4,13 @@
     data, model, guide, estimator = build(spec)
     result = run_experiment(spec, TrainConfig(epochs=50), run_dir="runs/bishop-enum")
 
-:func:`run_experiment` fits, then evaluates on the test split (``summary.json``) and draws
-the model's figures into the run folder.
+    mine = Dataset.from_arrays(x=x, labels=labels)          # your own arrays
+    result = run_experiment("gmm", data=mine, run_dir="runs/mine")
+
+:func:`run_experiment` fits, then evaluates on the validation and test splits (``summary.json``:
+the model's metrics, and accuracy / NMI / ARI wherever the data has ground-truth ``labels``) and
+draws the model's figures into the run folder. A spec names its data set (``data``: a registry
+name or a ``.npz`` path) unless a :class:`~pyro_moe.data.Dataset` is passed as ``data=``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pyro_moe.checkpoint import load_checkpoint
 from pyro_moe.data import Dataset, load_dataset
 from pyro_moe.errors import CheckpointError, ConfigError, PyroMoeError
 from pyro_moe.estimators.base import Estimator
+from pyro_moe.metrics import split_metrics
 from pyro_moe.registry import ESTIMATORS, GUIDES, MODELS
 from pyro_moe.runs import RunFolder
 from pyro_moe.train import Callback, FitResult, TrainConfig, fit
@@ -35,7 +41,7 @@ class RunSpec:
     """What to train, by registry names and keyword options."""
 
     model: str
-    data: str
+    data: str | None = None  # None: a Dataset is passed to build / run_experiment
     estimator: str = "enum"
     guide: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
@@ -82,16 +88,34 @@ def build_model(name: str, data: Dataset, **options: Any) -> PyroModel:
 def build(
     spec: RunSpec, data: Dataset | None = None
 ) -> tuple[Dataset, PyroModel, PyroGuide, Estimator]:
-    """Data set, model, guide and estimator for ``spec`` (parameters initialised from its seed)."""
-    data = (
-        data if data is not None else load_dataset(spec.data, seed=spec.seed, **spec.data_options)
-    )
+    """Data set, model, guide and estimator for ``spec`` (parameters initialised from its seed);
+    ``data`` replaces the data set the spec names."""
+    data = data if data is not None else spec_data(spec)
     torch.manual_seed(spec.seed)
     model = build_model(spec.model, data, **spec.model_options)
     guide = GUIDES[guide_name(spec)](model)
     estimator = build_estimator(spec.estimator, model, **spec.estimator_options)
     estimator.check(guide)
     return data, model, guide, estimator
+
+
+def spec_data(spec: RunSpec) -> Dataset:
+    """The data set ``spec.data`` names, built with the spec's seed and data options."""
+    if spec.data is None:
+        raise ConfigError(
+            "no data: name a data set or a .npz file (data=...), or pass a Dataset as data= "
+            "(a run trained on a Dataset from Python needs it again to resume or evaluate)"
+        )
+    return load_dataset(spec.data, seed=spec.seed, **spec.data_options)
+
+
+def as_spec(spec: RunSpec | str) -> RunSpec:
+    """``spec`` itself, or ``RunSpec(model=spec)`` for a model name."""
+    if isinstance(spec, RunSpec):
+        return spec
+    if isinstance(spec, str):
+        return RunSpec(model=spec)
+    raise ConfigError(f"expected a RunSpec or a model name, got {type(spec).__name__}")
 
 
 def resume_spec(run_dir: str | Path, **train_overrides: Any) -> tuple[RunSpec, TrainConfig]:
@@ -102,11 +126,14 @@ def resume_spec(run_dir: str | Path, **train_overrides: Any) -> tuple[RunSpec, T
     return RunSpec.from_dict(stored), config
 
 
-def load_run(run_dir: str | Path, which: str = "best") -> tuple[PyroModel, PyroGuide, Dataset]:
-    """Rebuild a run's model, guide and data set with its ``best`` (or ``last``) parameters."""
+def load_run(
+    run_dir: str | Path, which: str = "best", data: Dataset | None = None
+) -> tuple[PyroModel, PyroGuide, Dataset]:
+    """Rebuild a run's model, guide and data set (``data``, else the one its config names) with
+    its ``best`` (or ``last``) parameters."""
     run = RunFolder(run_dir)
     spec = RunSpec.from_dict(run.read_config())
-    data, model, guide, _ = build(spec)
+    data, model, guide, _ = build(spec, data)
     path = run.best if which == "best" and run.best.is_file() else run.checkpoint
     state = load_checkpoint(path, required=("model", "guide"))
     try:
@@ -118,23 +145,28 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[PyroModel, PyroG
 
 
 def evaluate(model: PyroModel, data: Dataset, split: str = "test") -> dict[str, float]:
-    """The model's own metrics on one split of ``data``."""
+    """The model's own metrics on one split of ``data``, and accuracy / NMI / ARI against the
+    split's ground-truth ``labels`` where it has them
+    (:func:`~pyro_moe.metrics.split_metrics`)."""
     part = getattr(data, split)
-    return {f"{split}_{k}": v for k, v in model.evaluate(part.x, part.y).items()}
+    return {f"{split}_{k}": v for k, v in split_metrics(model, part).items()}
 
 
 def run_experiment(
-    spec: RunSpec,
+    spec: RunSpec | str,
     config: TrainConfig | None = None,
     run_dir: str | Path | None = None,
     resume: bool = False,
     figures: bool = True,
     callbacks: Sequence[Callback] = (),
+    data: Dataset | None = None,
 ) -> FitResult:
-    """Build ``spec``, :func:`~pyro_moe.train.fit` it, write test metrics and figures
+    """Build ``spec`` (a :class:`RunSpec` or a model name) on ``data`` (default: the data set the
+    spec names), :func:`~pyro_moe.train.fit` it, write validation and test metrics and figures
     (``callbacks`` are passed to ``fit``: epoch-end measurements such as gradient variance)."""
+    spec = as_spec(spec)
     config = config or TrainConfig(seed=spec.seed)
-    data, model, guide, estimator = build(spec)
+    data, model, guide, estimator = build(spec, data)
     info = {**asdict(spec), "guide": guide_name(spec)}
     result = fit(model, guide, estimator, data, config, run_dir, resume, info, callbacks)
     summary = {
@@ -146,8 +178,8 @@ def run_experiment(
         **evaluate(model, data, "test"),
     }
     result.summary = summary
-    if run_dir is not None:
-        run = RunFolder(run_dir)
+    if result.run_dir is not None:  # None on the non-writing ranks of a distributed run
+        run = RunFolder(result.run_dir)
         run.write_json(run.summary, summary)
         if figures:
             from pyro_moe import plots

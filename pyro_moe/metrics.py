@@ -131,3 +131,19 @@ def inference_seconds_per_10k(
                 infer(x[i : i + batch])
             best = min(best, time.perf_counter() - start)
     return best * 10_000 / len(x)
+
+
+def split_metrics(model: Any, split: Any) -> dict[str, float]:
+    """``model.evaluate(x, y)`` on a :class:`~pyro_moe.data.Split`, plus accuracy (Hungarian),
+    NMI and ARI of ``model.predict_cluster(x)`` against the split's ground-truth ``labels`` when
+    the split has labels and the model assigns clusters (the labels' scores replace any the model
+    computed from ``y``)."""
+    result = dict(model.evaluate(split.x, split.y))
+    predict = getattr(model, "predict_cluster", None)
+    if predict is None or split.labels is None:
+        return result
+    if "accuracy" in result and split.y is not None and torch.equal(split.y, split.labels):
+        return result  # the model scored these very labels already
+    with torch.no_grad():
+        result.update(clustering_scores(split.labels, predict(split.x)))
+    return result

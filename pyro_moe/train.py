@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from pyro_moe.base import PyroGuide, PyroModel
 from pyro_moe.checkpoint import load_checkpoint, save_checkpoint
 from pyro_moe.data.base import Dataset, Split
+from pyro_moe.distributed import SingleProcess, process_group
 from pyro_moe.errors import (
     CheckpointError,
     ConfigError,
@@ -54,6 +55,7 @@ from pyro_moe.errors import (
 )
 from pyro_moe.estimators.base import Estimator
 from pyro_moe.estimators.enum import Enumerate
+from pyro_moe.metrics import split_metrics
 from pyro_moe.nonfinite import (
     describe,
     is_invalid_parameter_error,
@@ -287,6 +289,7 @@ class Trainer:
         config: TrainConfig,
         run: RunFolder | None,
         callbacks: Sequence[Callback] = (),
+        parallel: SingleProcess | None = None,
     ) -> None:
         self.model, self.guide, self.estimator, self.config, self.run = (
             model,
@@ -310,6 +313,8 @@ class Trainer:
         self.best_params: dict[str, Any] | None = None
         self.callbacks = tuple(callbacks)
         self.stop = StopRequest()  # set by fit's signal handlers
+        self.parallel = parallel or SingleProcess()  # data-parallel hook (pyro_moe.distributed)
+        self.parallel.attach(self)
 
     # --- one step -----------------------------------------------------------------------------
     @property
@@ -321,7 +326,7 @@ class Trainer:
         b = self.batch_size
         idx = order[self.state.batch * b : (self.state.batch + 1) * b].to(self.device)
         train = self.data.train
-        return train.x[idx], None if train.y is None else train.y[idx]
+        return self.parallel.shard(train.x[idx], None if train.y is None else train.y[idx])
 
     def step(self) -> float:
         """One optimisation step; returns the minibatch's loss per data point (NaN if skipped)."""
@@ -338,7 +343,7 @@ class Trainer:
         if not torch.isfinite(loss):
             return self._nonfinite(f"the loss is {loss.item()}", x, y, rng)
         loss.backward()
-        self.after_backward()
+        self.parallel.after_backward(self.parameters())
         bad = nonfinite_tensors((self.names.get(id(p), "?"), p.grad) for p in self.parameters())
         if bad:
             return self._nonfinite(
@@ -352,9 +357,6 @@ class Trainer:
         self.state.loss_sum += loss.item()
         self.state.loss_count += 1
         return loss.item()
-
-    def after_backward(self) -> None:
-        """Hook between ``backward`` and the update (distributed training averages gradients)."""
 
     def _count_step(self) -> None:
         self.state.step += 1
@@ -417,9 +419,7 @@ class Trainer:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
             metrics = {"valid_loss": self._objective(split) / len(split)}
-            metrics.update(
-                {f"valid_{k}": v for k, v in self.model.evaluate(split.x, split.y).items()}
-            )
+            metrics.update({f"valid_{k}": v for k, v in split_metrics(self.model, split).items()})
         if self.monitor not in metrics:
             raise ConfigError(
                 f"monitor {self.monitor!r} is not among the validation metrics {', '.join(metrics)}"
@@ -599,20 +599,6 @@ class Trainer:
             self.guide.load_state_dict(self.best_params["guide"])
 
 
-def _trainer_class(
-    config: TrainConfig, run_dir: str | Path | None, resume: bool
-) -> tuple[type[Trainer], str | Path | None]:
-    """The trainer for ``config``; under ``distributed`` only rank 0 keeps the run folder."""
-    if not config.distributed:
-        return Trainer, run_dir
-    from pyro_moe import distributed
-
-    if resume:
-        raise ConfigError("resuming a distributed run is not supported")
-    distributed.init(config.device)
-    return distributed.DistributedTrainer, run_dir if distributed.is_main_process() else None
-
-
 def fit(
     model: PyroModel,
     guide: PyroGuide,
@@ -630,7 +616,9 @@ def fit(
         model, guide, estimator: from the registries (or your own subclasses).
         data: a :class:`~pyro_moe.data.Dataset`; validation uses ``data.valid``.
         config: :class:`TrainConfig` (defaults if None).
-        run_dir: a folder for config.json, metrics.csv and checkpoints (None: nothing written).
+        run_dir: a folder for config.json, metrics.csv and checkpoints (None: nothing written;
+            in a distributed run only rank 0 writes, and the other ranks' results have no
+            ``run_dir``).
         resume: continue from ``run_dir``'s checkpoint instead of starting fresh.
         run_info: what to record in config.json besides the training options (names, options).
         callbacks: functions ``callback(trainer) -> dict | None`` called after each epoch's
@@ -649,9 +637,11 @@ def fit(
     check_compatible(model, guide, estimator, data, config)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
-    trainer_class, run_dir = _trainer_class(config, run_dir, resume)
-    run = RunFolder(run_dir) if run_dir is not None else None
-    trainer = trainer_class(model, guide, estimator, data, config, run, callbacks)
+    if resume and config.distributed:
+        raise ConfigError("resuming a distributed run is not supported")
+    parallel = process_group(config.distributed, config.device)
+    run = RunFolder(run_dir) if run_dir is not None and parallel.is_main else None
+    trainer = Trainer(model, guide, estimator, data, config, run, callbacks, parallel)
     if resume:
         trainer.restore()
     elif run:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from pathlib import Path
 from typing import Any
@@ -25,19 +26,21 @@ __all__ = [
 
 
 def load_dataset(name: str, seed: int = 0, **options: Any) -> Dataset:
-    """The registered data set ``name`` (built with ``seed``, ``options``) or a ``.npz`` path."""
+    """The registered data set ``name`` (built with ``seed``, ``options``) or a ``.npz`` path
+    (options: those of :func:`load_npz`: ``task``, ``split_seed``, ``train_fraction``,
+    ``valid_fraction``)."""
     if name not in DATASETS and (name.endswith(".npz") or Path(name).exists()):
-        if options:
-            raise ConfigError(f"data options {sorted(options)} do not apply to a file")
-        return load_npz(name, seed=seed)
-    builder = DATASETS[name]
-    known = [p for p in inspect.signature(builder).parameters if p != "seed"]
+        builder, what = functools.partial(load_npz, name), f"data file {name}"
+        known = [p for p in inspect.signature(load_npz).parameters if p not in ("path", "seed")]
+    else:
+        builder, what = DATASETS[name], f"data set {name!r}"
+        known = [p for p in inspect.signature(builder).parameters if p != "seed"]
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ConfigError(f"data set {name!r} has no option {', '.join(unknown)}; known: {known}")
+        raise ConfigError(f"{what} has no option {', '.join(unknown)}; known: {known}")
     try:
         return builder(seed=seed, **options)
     except PyroMoeError:
         raise
     except (TypeError, ValueError) as e:  # an option value the builder cannot use
-        raise DataError(f"data set {name!r} cannot be built with options {options}: {e}") from None
+        raise DataError(f"{what} cannot be built with options {options}: {e}") from None

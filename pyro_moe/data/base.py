@@ -5,6 +5,21 @@ A :class:`Dataset` holds ``train`` / ``valid`` / ``test`` :class:`Split` s. Each
 clustering ``None``) and, where the generating component is known, ``labels`` ``[N]`` (long, for
 evaluation only; never shown to a model).
 
+A user's own arrays become a data set with :meth:`Dataset.from_arrays` (and a ``.npz`` file with
+:func:`load_npz`, which reads the same array names):
+
+* ``x`` with ``y`` and / or ``labels``: the library splits the rows by a permutation seeded with
+  ``seed``, ``train_fraction`` (default 0.6) to train, ``valid_fraction`` (0.2) to validation and
+  the rest (0.2) to test;
+* ``x_train``, ``x_valid``, ``x_test`` with ``y_*`` and / or ``labels_*``: your own split, used
+  as is.
+
+The task is ``classification`` for integer ``y``, ``regression`` for float ``y`` and
+``clustering`` without ``y``, unless ``task`` says otherwise. ``labels`` are the ground-truth
+cluster key: accuracy (Hungarian), NMI and ARI are reported against them for every model that
+assigns clusters; a clustering set needs no ``y`` (with ``task="clustering"`` a given ``y`` is
+taken as its labels), and a classification set without ``labels`` uses its classes.
+
 Everything that enters the library from outside passes :func:`as_inputs` / :func:`as_targets`,
 which raise :class:`~pyro_moe.errors.DataError` naming the problem (shape, dtype, NaN / inf, empty,
 length mismatch, label range) instead of failing deep inside a model.
@@ -22,6 +37,12 @@ import torch
 from pyro_moe.errors import DataError
 
 TASKS = ("regression", "classification", "clustering")
+SPLITS = ("train", "valid", "test")
+LIBRARY_SPLIT = ("x", "y", "labels")
+OWN_SPLIT = tuple(f"{array}_{split}" for split in SPLITS for array in LIBRARY_SPLIT)
+ARRAY_NAMES = LIBRARY_SPLIT + OWN_SPLIT
+#: train and validation shares of a library split (the test split takes the rest)
+DEFAULT_FRACTIONS = (0.6, 0.2)
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,41 @@ class Dataset:
             valid=self.valid.to(device, dtype),
             test=self.test.to(device, dtype),
         )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        name: str = "arrays",
+        task: str | None = None,
+        *,
+        seed: int = 0,
+        train_fraction: float = DEFAULT_FRACTIONS[0],
+        valid_fraction: float = DEFAULT_FRACTIONS[1],
+        num_classes: int | None = None,
+        **arrays: Any,
+    ) -> Dataset:
+        """A checked data set from arrays named as in the module docstring: ``x`` / ``y`` /
+        ``labels`` (split by the library) or ``x_train`` ... ``labels_test`` (used as is).
+
+        ``Dataset.from_arrays(**np.load("file.npz"))`` reads a file's arrays; an unknown array
+        name, a mix of both forms or a missing split is a :class:`DataError`."""
+        unknown = sorted(set(arrays) - set(ARRAY_NAMES))
+        if unknown:
+            raise DataError(
+                f"unknown array(s) {', '.join(unknown)}; use {', '.join(LIBRARY_SPLIT)} "
+                f"(split by the library) or {', '.join(OWN_SPLIT)} (your own split)"
+            )
+        if "x" in arrays:
+            mixed = sorted(set(arrays) & set(OWN_SPLIT))
+            if mixed:
+                raise DataError(f"give x, y, labels or per-split arrays, not both ({mixed[0]})")
+            y, labels, task = _task_arrays(task, arrays.get("y"), arrays.get("labels"))
+            fractions = _check_fractions(train_fraction, valid_fraction)
+            x = arrays["x"]
+            return split_arrays(
+                name, task, x, y, labels, seed=seed, fractions=fractions, num_classes=num_classes
+            )
+        return _own_split(name, task, num_classes, arrays)
 
     def summary(self) -> str:
         sizes = f"{len(self.train)}/{len(self.valid)}/{len(self.test)}"
@@ -185,7 +241,7 @@ def split_arrays(
     labels: Any = None,
     *,
     seed: int = 0,
-    fractions: tuple[float, float] = (0.6, 0.2),
+    fractions: tuple[float, float] = DEFAULT_FRACTIONS,
     num_classes: int | None = None,
     description: str = "",
     meta: dict[str, Any] | None = None,
@@ -199,7 +255,7 @@ def split_arrays(
     if task == "classification" and num_classes is None and y is not None:
         num_classes = _infer_num_classes(y)
     y = as_targets(y, task, n, num_classes)
-    labels = None if labels is None else as_targets(labels, "classification", n, n, "labels")
+    labels = _as_labels(labels, n, "labels")
     n_train, n_valid = int(round(fractions[0] * n)), int(round(fractions[1] * n))
     if min(n_train, n_valid, n - n_train - n_valid) < 1:
         raise DataError(f"{n} rows are too few to split into train/valid/test")
@@ -219,12 +275,97 @@ def split_arrays(
     )
 
 
-def load_npz(path: str | Path, task: str | None = None, seed: int = 0) -> Dataset:
-    """A data set from a user's ``.npz`` file with arrays ``x`` and (optionally) ``y``, ``labels``.
+def infer_task(y: Any) -> str:
+    """``classification`` for integer (or boolean) ``y``, ``regression`` for float ``y``,
+    ``clustering`` without ``y``."""
+    if y is None:
+        return "clustering"
+    kind = _as_tensor(y, "y")
+    return "regression" if kind.is_floating_point() else "classification"
 
-    The task is ``classification`` when ``y`` holds integers, ``regression`` for float ``y`` and
-    ``clustering`` without ``y``, unless ``task`` says otherwise.
-    """
+
+def _task_arrays(task: str | None, y: Any, labels: Any) -> tuple[Any, Any, str]:
+    """``(y, labels, task)``: the task inferred from ``y`` when not given; a clustering set's
+    ``y`` becomes its labels; a classification set without labels uses its classes."""
+    task = infer_task(y) if task is None else task
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    if task == "clustering" and y is not None:
+        if labels is not None:
+            raise DataError("a clustering set has no targets: give labels or y, not both")
+        return None, y, task
+    if task == "classification" and labels is None:
+        labels = y
+    return y, labels, task
+
+
+def _check_fractions(train: Any, valid: Any) -> tuple[float, float]:
+    for name, value in (("train_fraction", train), ("valid_fraction", valid)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise DataError(f"{name} must be a number in (0, 1), got {value!r}")
+    if train + valid >= 1:
+        raise DataError(
+            f"train_fraction + valid_fraction must be < 1 (the test split takes the rest), "
+            f"got {train} + {valid}"
+        )
+    return float(train), float(valid)
+
+
+def _own_split(
+    name: str, task: str | None, num_classes: int | None, arrays: dict[str, Any]
+) -> Dataset:
+    """A data set from per-split arrays ``x_train`` ... ``labels_test``, used as given."""
+    missing = [f"x_{split}" for split in SPLITS if f"x_{split}" not in arrays]
+    if missing:
+        raise DataError(
+            f"missing {', '.join(missing)}: give x_train, x_valid and x_test (your own split), "
+            "or x (split by the library)"
+        )
+    for kind in ("y", "labels"):
+        given = [f"{kind}_{split}" for split in SPLITS if f"{kind}_{split}" in arrays]
+        if given and len(given) < len(SPLITS):
+            raise DataError(f"{', '.join(given)} given: {kind} needs all of train, valid, test")
+    resolved = {
+        split: _task_arrays(task, arrays.get(f"y_{split}"), arrays.get(f"labels_{split}"))
+        for split in SPLITS
+    }
+    task = resolved["train"][2]
+    if task == "classification" and num_classes is None:
+        num_classes = max(_infer_num_classes(resolved[s][0], f"y_{s}") for s in SPLITS)
+
+    def take(split: str) -> Split:
+        y, labels, _ = resolved[split]
+        x = as_inputs(arrays[f"x_{split}"], f"x_{split}")
+        n = x.shape[0]
+        y = as_targets(y, task, n, num_classes, f"y_{split}")
+        labels = _as_labels(labels, n, f"labels_{split}")
+        return Split(x, y, labels)
+
+    parts = [take(split) for split in SPLITS]
+    widths = {p.x.shape[1] for p in parts}
+    if len(widths) > 1:
+        raise DataError(f"x_train, x_valid, x_test have different widths {sorted(widths)}")
+    return Dataset(name, task, *parts, num_classes=num_classes, meta={"split": "given"})
+
+
+def _as_labels(labels: Any, num_rows: int, name: str) -> torch.Tensor | None:
+    """Ground-truth cluster labels: whole numbers >= 0, one per row (``None`` stays ``None``)."""
+    if labels is None:
+        return None
+    return as_targets(labels, "classification", num_rows, _infer_num_classes(labels, name), name)
+
+
+def load_npz(
+    path: str | Path,
+    task: str | None = None,
+    seed: int = 0,
+    split_seed: int | None = None,
+    train_fraction: float = DEFAULT_FRACTIONS[0],
+    valid_fraction: float = DEFAULT_FRACTIONS[1],
+) -> Dataset:
+    """A data set from a user's ``.npz`` file: the arrays of :meth:`Dataset.from_arrays`
+    (``x`` / ``y`` / ``labels``, or ``x_train`` ... ``labels_test``). A library split is seeded
+    with ``split_seed`` (default: ``seed``, the run's seed)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
@@ -233,13 +374,14 @@ def load_npz(path: str | Path, task: str | None = None, seed: int = 0) -> Datase
             arrays = {k: f[k] for k in f.files}
     except Exception as e:
         raise DataError(f"cannot read {path} as .npz: {e}") from None
-    if "x" not in arrays:
-        raise DataError(f"{path} has no array 'x' (found: {', '.join(arrays) or 'none'})")
-    y = arrays.get("y")
-    if task is None:
-        task = (
-            "clustering"
-            if y is None
-            else ("classification" if np.issubdtype(y.dtype, np.integer) else "regression")
-        )
-    return split_arrays(path.stem, task, arrays["x"], y, arrays.get("labels"), seed=seed)
+    if "x" not in arrays and "x_train" not in arrays:
+        found = ", ".join(arrays) or "none"
+        raise DataError(f"{path} has no array 'x' or 'x_train' (found: {found})")
+    return Dataset.from_arrays(
+        path.stem,
+        task,
+        seed=seed if split_seed is None else split_seed,
+        train_fraction=train_fraction,
+        valid_fraction=valid_fraction,
+        **arrays,
+    )
