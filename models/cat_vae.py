@@ -68,6 +68,7 @@ class CategoricalVAE(PyroModel):
     default_guide = "cat-vae"
     exact_guide = "cat-vae"
     monitor = "valid_loss"
+    traceenum_summable = False  # obs depends on all L latents of its latents plate
     tasks = ("clustering", "classification")
     smoke_spec = {
         "data": "digits",

@@ -71,6 +71,9 @@ class PyroModel(nn.Module):
     #: a tiny run of this model that trains in about a second, for the registry-wide tests:
     #: ``{"data": name, "data_options": {...}, "model_options": {...}, "estimator": name}``
     smoke_spec: ClassVar[dict[str, Any]] = {}
+    #: whether TraceEnum_ELBO can sum the discrete latents out (False: a latent inside a nested
+    #: plate feeds a site outside it, so only a joint enumeration could, e.g. the categorical VAE)
+    traceenum_summable: ClassVar[bool] = True
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__()

@@ -28,6 +28,7 @@ class Concrete(RelaxedEstimator):
     """Relaxed ELBO: Concrete densities in model and guide (Maddison et al. 2017)."""
 
     name = "concrete"
+    bias = "relaxed ELBO (Concrete densities); the gate-parameter bias does not depend on tau"
 
     def guide_site(self, logits: torch.Tensor, state: dict) -> dist.TorchDistribution:
         return RelaxedGate(logits, self.temperature(), "soft", density=True)

@@ -236,7 +236,8 @@ class RelaxedEstimator(TemperedEstimator):
     """Base of the pathwise (reparameterised) relaxed estimators: value and surrogate are both
     mean_s sum_n f, with f computed on the relaxed gate."""
 
-    unbiased = False
+    unbiased_for = None
+    uses_score = False
     mode = "soft"
 
     def guide_site(self, logits: torch.Tensor, state: dict) -> dist.TorchDistribution:

@@ -44,6 +44,7 @@ class Vimco(SampledEstimator):
     """S-sample importance-weighted bound with leave-one-out learning signals (Mnih & Rezende)."""
 
     name = "vimco"
+    unbiased_for = "multi-sample-bound"
     min_particles = 2
 
     def __init__(self, *, num_particles: int = 4, max_plate_nesting: int = 1) -> None:
