@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pyro_moe.base import PyroModel, default_parameter_group
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators import objectives
 from pyro_moe.estimators.base import Estimator
@@ -69,12 +70,12 @@ COLUMNS = (
 
 
 def parameter_groups(model: nn.Module, guide: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Named groups of trainable parameters: a model may define ``parameter_group(name)``;
-    otherwise ``gate*`` -> gate, ``experts*``/``raw_scale`` -> experts, other model parameters ->
-    model, and the guide's own networks -> encoder."""
+    """Named groups of trainable parameters: the model's by its ``parameter_group(name)`` (for a
+    module that is not a :class:`PyroModel`: ``gate*`` -> gate, ``experts*``/``raw_scale`` ->
+    experts, others -> model), and the guide's own networks -> encoder."""
     groups: dict[str, list[nn.Parameter]] = {}
     seen: set[int] = set()
-    rule = getattr(model, "parameter_group", None) or _default_group
+    rule = model.parameter_group if isinstance(model, PyroModel) else default_parameter_group
     for name, p in model.named_parameters():
         if p.requires_grad and id(p) not in seen:
             seen.add(id(p))
@@ -84,14 +85,6 @@ def parameter_groups(model: nn.Module, guide: nn.Module) -> dict[str, list[nn.Pa
             seen.add(id(p))
             groups.setdefault("encoder", []).append(p)
     return groups
-
-
-def _default_group(name: str) -> str:
-    if name.startswith("gate"):
-        return "gate"
-    if name.startswith(("experts", "raw_scale")):
-        return "experts"
-    return "model"
 
 
 def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[nn.Parameter]) -> torch.Tensor:

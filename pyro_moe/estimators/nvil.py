@@ -59,11 +59,10 @@ class Nvil(SampledEstimator):
 
     def build_baseline(self, model: nn.Module) -> None:
         """b_psi: an MLP on [flattened x, y (one-hot for classes)] -> one number per point."""
-        input_dim = int(getattr(model, "input_dim", 0))
-        output_dim = int(getattr(model, "output_dim", 0) or 0)
+        input_dim, output_dim = int(model.input_dim), int(model.output_dim or 0)
         if input_dim < 1:
             raise ConfigError("nvil needs a model with an `input_dim` to size its baseline network")
-        if getattr(model, "task", None) == "classification":
+        if model.task == "classification":
             self.classes = output_dim
         dtype = next(model.parameters()).dtype
         self.baseline = mlp([input_dim + output_dim, self.hidden_dim, 1], "tanh").to(dtype)

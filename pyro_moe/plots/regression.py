@@ -54,7 +54,7 @@ def plot_regression_fit(model: Any, data: Dataset, ax: Axes | None = None) -> Fi
     ax.scatter(
         data.test.x[:, 0].cpu(), data.test.y[:, 0].cpu(), s=5, c="k", alpha=0.6, label="test data"
     )
-    gate = torch.softmax(model.gate_logits(xs), -1).cpu().numpy()
+    gate = model.gate_log_probs(xs).exp().cpu().numpy()
     means = model.experts(xs)[..., 0].cpu().numpy()  # [G, K]
     x_np = xs[:, 0].cpu().numpy()
     for k in range(means.shape[1]):
@@ -76,7 +76,7 @@ def plot_gate(model: Any, data: Dataset, ax: Axes | None = None) -> Figure:
     """Gate probabilities p(c = k|x) over a grid of 1-D inputs."""
     fig, ax = axes_or_new(ax, figsize=(6, 2.5))
     xs = _grid(data)
-    gate = torch.softmax(model.gate_logits(xs), -1).cpu().numpy()
+    gate = model.gate_log_probs(xs).exp().cpu().numpy()
     x_np = xs[:, 0].cpu().numpy()
     ax.stackplot(
         x_np,

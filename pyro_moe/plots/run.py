@@ -34,14 +34,10 @@ def save_run_figures(run: Any, model: Any, data: Dataset, history: list[dict[str
     figures = {}
     if history:
         figures["training"] = plot_history(history)
-    if (
-        data.task == "regression"
-        and data.input_dim == 1
-        and data.output_dim == 1
-        and hasattr(model, "gate_logits")
-    ):
+    one_d = data.task == "regression" and data.input_dim == 1 and data.output_dim == 1
+    if one_d and model.gate_log_probs(data.train.x[:1]) is not None:
         figures["fit"] = plot_regression_run(model, data)
-    if hasattr(model, "predict_cluster"):
+    if model.predict_cluster(data.test.x[:1]) is not None:
         figures.update(cluster_figures(model, data))
     paths = []
     for name, fig in figures.items():
