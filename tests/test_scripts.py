@@ -42,6 +42,7 @@ BENCHMARK_SMOKE_ARGS = {
         *("--pretrain-epochs", "1", "--epochs", "1", "--batch-size", "40"),
         *("--name", "clustering_small"),
     ],
+    "gmm_vs_em.py": ["--sets", "iris", "--seeds", "0", "--n-init", "2"],
     "overhead.py": ["--steps", "2", "--mnist-steps", "1", "--mnist-batch", "4", "--warmup", "1"],
     "mnist_experts.py": ["--limit", "200", "--epochs", "1"],
     "table1_dvmoe.py": [
