@@ -108,14 +108,7 @@ class MixtureOfExperts(PyroModel):
         activation: str = "tanh",
         min_scale: float = 1e-3,
     ) -> None:
-        super().__init__(
-            num_components=num_components,
-            gate=gate,
-            expert=expert,
-            hidden_dim=hidden_dim,
-            activation=activation,
-            min_scale=min_scale,
-        )
+        super().__init__()
         k = check_num_components(num_components)
         check_choice("task", task, self.tasks)
         check_choice("gate", gate, NETWORKS)
@@ -150,6 +143,10 @@ class MixtureOfExperts(PyroModel):
     def gate_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised log p(c|x): ``[N, K]``."""
         return self.gate(x)
+
+    def gate_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(c|x): ``[N, K]``."""
+        return torch.log_softmax(self.gate_logits(x), -1)
 
     def expert_scale(self) -> torch.Tensor:
         """Regression noise scale per expert: ``[K, M]``."""

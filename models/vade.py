@@ -179,6 +179,16 @@ class VaDE(MixturePrior, VAE):
             ]
         return torch.cat(parts)
 
+    @torch.no_grad()
+    def cluster_samples(self, per_cluster: int = 8, seed: int = 0) -> torch.Tensor:
+        """Decoder means f(z) for z ~ p(z|c = k), a generator seeded with ``seed``:
+        ``[K, per_cluster, D]`` (sigmoid of the logits for the Bernoulli likelihood)."""
+        g = torch.Generator().manual_seed(seed)
+        loc, scale = self.prior_loc, self.prior_scale()
+        eps = torch.randn((loc.shape[0], per_cluster, loc.shape[1]), generator=g).to(loc)
+        out = self.decoder(loc[:, None] + scale[:, None] * eps)
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
     def evaluate(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
         """Clustering accuracy, NMI and ARI against integer ``y`` when it is given."""
         from pyro_moe import metrics

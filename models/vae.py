@@ -94,14 +94,7 @@ class VAE(PyroModel):
         **extra: Any,
     ) -> None:
         sizes = parse_sizes(hidden)
-        super().__init__(
-            latent_dim=latent_dim,
-            hidden=list(sizes),
-            likelihood=likelihood,
-            activation=activation,
-            min_scale=min_scale,
-            **extra,
-        )
+        super().__init__()
         check_positive_int("latent_dim", latent_dim)
         if likelihood not in LIKELIHOODS:
             raise ConfigError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")

@@ -13,6 +13,7 @@ so the parameters are owned, saved and optimised once.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, ClassVar
 
@@ -44,8 +45,40 @@ def check_num_components(k: int) -> int:
     return k
 
 
+def default_parameter_group(name: str) -> str:
+    """``gate*`` -> gate, ``experts*`` / ``raw_scale`` -> experts, anything else -> model."""
+    if name.startswith("gate"):
+        return "gate"
+    if name.startswith(("experts", "raw_scale")):
+        return "experts"
+    return "model"
+
+
+def _capture_options(init):
+    """Wrap a model's ``__init__`` so that, once it has run, ``self.hparams`` holds the keyword
+    options it was called with, defaults filled in (keyword-only parameters and any ``**options``);
+    a subclass's options update its base classes'."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        options = {}
+        for name, p in signature.parameters.items():
+            if p.kind is p.KEYWORD_ONLY:
+                options[name] = bound.arguments[name]
+            elif p.kind is p.VAR_KEYWORD:
+                options.update(bound.arguments.get(name, {}))
+        self.hparams = {**self.hparams, **options}
+
+    return __init__
+
+
 class PyroModel(nn.Module):
-    """Base class: the generative story lives in :meth:`model`; options are kept in ``hparams``."""
+    """Base class: the generative story lives in :meth:`model`; the constructor's keyword options
+    are captured from its signature into ``hparams`` (a subclass does not list them again)."""
 
     #: the name under which the model registers its parameters with ``pyro.module``
     pyro_name: ClassVar[str] = "model"
@@ -62,10 +95,18 @@ class PyroModel(nn.Module):
     #: a tiny run of this model that trains in about a second, for the registry-wide tests:
     #: ``{"data": name, "data_options": {...}, "model_options": {...}, "estimator": name}``
     smoke_spec: ClassVar[dict[str, Any]] = {}
+    #: whether TraceEnum_ELBO can sum the discrete latents out (False: a latent inside a nested
+    #: plate feeds a site outside it, so only a joint enumeration could, e.g. the categorical VAE)
+    traceenum_summable: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _capture_options(cls.__dict__["__init__"])
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__()
-        self.hparams = hparams
+        self.hparams: dict[str, Any] = dict(hparams)
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
         raise NotImplementedError
@@ -104,6 +145,47 @@ class PyroModel(nn.Module):
                 f"it handles: {', '.join(cls.tasks)}"
             )
         return cls(data.input_dim, data.output_dim, data.task, **options)
+
+    # --- what a model may provide: the plots, metrics, trainer and harness ask through these
+    # hooks; the defaults say "not provided" ---------------------------------------------------
+    #: input and target widths and the task the model was built for (0 / None: not fixed)
+    input_dim: int = 0
+    output_dim: int = 0
+    task: str | None = None
+
+    def gate_log_probs(self, x: torch.Tensor) -> torch.Tensor | None:
+        """log p(c|x) of a model gated by its input: ``[N, K]``; None without such a gate."""
+        return None
+
+    def predict_cluster(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The most probable cluster of each row: ``[N]`` integers; None for models without
+        clusters (then no clustering scores or figures)."""
+        return None
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Latent coordinates of ``x`` (the encoder's means): ``[N, L]``; None without an
+        encoder (figures then use the inputs themselves)."""
+        return None
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Reconstructions of ``x`` through the latent space: ``[N, D]``; None without one."""
+        return None
+
+    def cluster_samples(self, per_cluster: int = 8, seed: int = 0) -> torch.Tensor | None:
+        """Decoder means f(z) for z ~ p(z|c = k): ``[K, per_cluster, D]``; None without a
+        mixture prior and a decoder."""
+        return None
+
+    def parameter_group(self, name: str) -> str:
+        """The gradient harness's group of parameter ``name``: ``gate*`` -> gate,
+        ``experts*`` / ``raw_scale`` -> experts, anything else -> model."""
+        return default_parameter_group(name)
+
+    def validation_estimator(self) -> Any | None:
+        """What validation scores, with ``value(model_fn, guide, x, y) -> float``; None: the
+        discrete objective summed out exactly (``enum``). A model whose K^L assignments cannot
+        be enumerated returns a Monte Carlo ELBO here."""
+        return None
 
 
 class PyroGuide(nn.Module):

@@ -9,7 +9,7 @@ fixed validation batch at the common starting parameters (the seed's initialisat
 every estimator is measured on the same model, guide, batch and state. All estimators use the
 same guide (``spec.guide``, else the model's default sampling guide) so they estimate the gradient
 of the same objective. Writes ``estimators.csv``, ``estimators.md``, ``training_variance.csv`` and
-the figures of :mod:`pyro_moe.estimator_plots`.
+the figures of :mod:`pyro_moe.plots.estimators`.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def compare_estimators(
     write_table(out / "training_variance.csv", training)
     (out / "estimators.md").write_text(_markdown(spec, guide, config, rows, num_estimates))
     if figures:
-        from pyro_moe import estimator_plots
+        from pyro_moe.plots import estimators as estimator_plots
 
         estimator_plots.save_figures(out, rows, training)
     return rows, results

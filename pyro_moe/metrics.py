@@ -139,11 +139,12 @@ def split_metrics(model: Any, split: Any) -> dict[str, float]:
     the split has labels and the model assigns clusters (the labels' scores replace any the model
     computed from ``y``)."""
     result = dict(model.evaluate(split.x, split.y))
-    predict = getattr(model, "predict_cluster", None)
-    if predict is None or split.labels is None:
+    if split.labels is None:
         return result
     if "accuracy" in result and split.y is not None and torch.equal(split.y, split.labels):
         return result  # the model scored these very labels already
     with torch.no_grad():
-        result.update(clustering_scores(split.labels, predict(split.x)))
+        clusters = model.predict_cluster(split.x)
+    if clusters is not None:
+        result.update(clustering_scores(split.labels, clusters))
     return result

@@ -267,7 +267,7 @@ def check_compatible(
         raise DataError(
             f"batch_size {config.batch_size} is larger than the {len(data.train)} training rows"
         )
-    if data.input_dim != getattr(model, "input_dim", data.input_dim):
+    if model.input_dim and data.input_dim != model.input_dim:
         raise DataError(
             f"data has {data.input_dim} input dims, the model expects {model.input_dim}"
         )
@@ -275,10 +275,10 @@ def check_compatible(
 
 def validation_objective(model: PyroModel):
     """What validation scores: the discrete objective summed out exactly (TraceEnum), unless the
-    model provides ``validation_estimator()`` (e.g. a Monte Carlo ELBO where K^L assignments
-    cannot be enumerated); either has ``value(model_fn, guide, x, y) -> float``."""
-    custom = getattr(model, "validation_estimator", None)
-    return custom() if custom else Enumerate(max_plate_nesting=model.max_plate_nesting)
+    model's ``validation_estimator()`` gives another (e.g. a Monte Carlo ELBO where K^L
+    assignments cannot be enumerated); either has ``value(model_fn, guide, x, y) -> float``."""
+    custom = model.validation_estimator()
+    return custom if custom is not None else Enumerate(max_plate_nesting=model.max_plate_nesting)
 
 
 class Trainer:

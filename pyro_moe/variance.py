@@ -1,14 +1,20 @@
 """The gradient-variance harness: many gradient estimates per estimator, measured per parameter
-group against the exact gradient of the discrete objective.
+group against the exact gradient of the objective that estimator estimates.
 
 For a model, guide, batch and parameter state, each estimator draws ``E`` independent gradient
-estimates G_1..G_E; the exact gradient g is that of the same ELBO with the ``cluster`` site summed
-out by ``TraceEnum_ELBO`` (the ``enum`` estimator with the same guide). Per parameter group (gate,
-experts, encoder, ... see :func:`parameter_groups`) the table reports
+estimates G_1..G_E of minus its objective. The reference g is the exact gradient of minus the
+objective the estimator declares (``Estimator.unbiased_for``, computed by enumeration in
+:mod:`pyro_moe.estimators.objectives`): the single-sample ELBO for the score-function family, the
+S-sample bound for ``vimco``; a biased estimator (no declared objective) is scored against the
+ELBO it stands in for. Per parameter group (gate, experts, encoder, ... see
+:func:`parameter_groups`) the table reports
 
+    objective   the objective g is the gradient of
     bias        ||mean_e G_e - g||               (bias_noise = sqrt(variance / E) is what an
                                                   unbiased estimator shows from noise alone)
     rel_bias    bias / ||g||
+    elbo_gap    ||g - g_elbo||: how far the estimator's own objective's gradient lies from the
+                single-sample ELBO's (0 for ELBO estimators; for vimco the gap between bounds)
     variance    trace Cov(G) = sum_j Var(G_j)
     snr         mean_j |mean_e G_ej| / std_e(G_ej)   over coordinates whose std is above
                                                   rounding (64 eps (1 + |mean|))
@@ -35,7 +41,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from pyro_moe.base import PyroModel, default_parameter_group
 from pyro_moe.errors import ConfigError
+from pyro_moe.estimators import objectives
 from pyro_moe.estimators.base import Estimator
 from pyro_moe.estimators.enum import Enumerate
 from pyro_moe.vectorised import NotVectorisable, per_estimate_gradients
@@ -47,10 +55,12 @@ ROUNDING_SPREAD = 64
 COLUMNS = (
     "estimator",
     "group",
+    "objective",
     "num_estimates",
     "bias",
     "bias_noise",
     "rel_bias",
+    "elbo_gap",
     "variance",
     "snr",
     "cosine",
@@ -60,12 +70,12 @@ COLUMNS = (
 
 
 def parameter_groups(model: nn.Module, guide: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Named groups of trainable parameters: a model may define ``parameter_group(name)``;
-    otherwise ``gate*`` -> gate, ``experts*``/``raw_scale`` -> experts, other model parameters ->
-    model, and the guide's own networks -> encoder."""
+    """Named groups of trainable parameters: the model's by its ``parameter_group(name)`` (for a
+    module that is not a :class:`PyroModel`: ``gate*`` -> gate, ``experts*``/``raw_scale`` ->
+    experts, others -> model), and the guide's own networks -> encoder."""
     groups: dict[str, list[nn.Parameter]] = {}
     seen: set[int] = set()
-    rule = getattr(model, "parameter_group", None) or _default_group
+    rule = model.parameter_group if isinstance(model, PyroModel) else default_parameter_group
     for name, p in model.named_parameters():
         if p.requires_grad and id(p) not in seen:
             seen.add(id(p))
@@ -77,14 +87,6 @@ def parameter_groups(model: nn.Module, guide: nn.Module) -> dict[str, list[nn.Pa
     return groups
 
 
-def _default_group(name: str) -> str:
-    if name.startswith("gate"):
-        return "gate"
-    if name.startswith(("experts", "raw_scale")):
-        return "experts"
-    return "model"
-
-
 def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[nn.Parameter]) -> torch.Tensor:
     parts = [
         (torch.zeros_like(p) if g is None else g).reshape(-1)
@@ -93,9 +95,25 @@ def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[nn.Parameter]) 
     return torch.cat(parts)
 
 
-def exact_gradient(model, guide, args: Sequence[Any], params: Sequence[nn.Parameter]):
-    """Gradient of the negative ELBO with ``cluster`` summed out (TraceEnum_ELBO): ``[P]``."""
-    return _single(Enumerate(max_plate_nesting=model.max_plate_nesting), model, guide, args, params)
+def reference_objective(estimator: Estimator) -> str:
+    """The objective an estimator is scored against: its declared one, else the ELBO."""
+    return estimator.unbiased_for or "elbo"
+
+
+def exact_gradient(
+    model,
+    guide,
+    args: Sequence[Any],
+    params: Sequence[nn.Parameter],
+    objective: str = "elbo",
+    estimator: Estimator | None = None,
+) -> torch.Tensor:
+    """Gradient of minus the exact ``objective`` (for ``estimator``'s options, e.g. its number of
+    samples), computed by enumeration: ``[P]``. Raises
+    :class:`~pyro_moe.estimators.objectives.NotEnumerable` when out of reach."""
+    estimator = estimator or Enumerate(max_plate_nesting=model.max_plate_nesting)
+    value = objectives.objective(objective, estimator, model.model, guide, args, {})
+    return _flat(torch.autograd.grad(-value, params, allow_unused=True), params)
 
 
 def gradient_samples(
@@ -142,8 +160,11 @@ def _single(estimator, model, guide, args, params) -> torch.Tensor:
     return _flat(torch.autograd.grad(loss, params, allow_unused=True), params)
 
 
-def summarize(samples: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
-    """The statistics of the module docstring for estimates ``[E, P]`` against ``exact`` ``[P]``."""
+def summarize(
+    samples: torch.Tensor, exact: torch.Tensor, elbo: torch.Tensor | None = None
+) -> dict[str, float]:
+    """The statistics of the module docstring for estimates ``[E, P]`` against ``exact`` ``[P]``
+    (``elbo``: the ELBO's exact gradient, for ``elbo_gap``; None: ``exact`` is the ELBO's)."""
     e = samples.shape[0]
     mean = samples.mean(0)
     var = samples.var(0)
@@ -161,6 +182,7 @@ def summarize(samples: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
         "bias": bias,
         "bias_noise": math.sqrt(variance / e),
         "rel_bias": bias / norm if norm > 0 else math.nan,
+        "elbo_gap": 0.0 if elbo is None else (exact - elbo).norm().item(),
         "variance": variance,
         "snr": snr,
         "cosine": cos.mean().item(),
@@ -172,9 +194,11 @@ class Measurement:
     """Estimates of one estimator, flattened over all groups, with the exact gradient."""
 
     samples: torch.Tensor  # [E, P]
-    exact: torch.Tensor  # [P]
+    exact: torch.Tensor  # [P], the gradient of minus the estimator's own objective
     slices: dict[str, slice]
     seconds: float  # per estimate
+    objective: str = "elbo"
+    elbo: torch.Tensor | None = None  # [P], minus the ELBO's gradient (None: exact is it)
 
 
 def measure(
@@ -194,22 +218,25 @@ def measure(
         size = sum(p.numel() for p in ps)
         slices[name] = slice(start, start + size)
         start += size
-    exact = exact_gradient(model, guide, args, params)
+    objective = reference_objective(estimator)
+    exact = exact_gradient(model, guide, args, params, objective, estimator).detach()
+    elbo = None if objective == "elbo" else exact_gradient(model, guide, args, params).detach()
     began = time.perf_counter()
     samples = gradient_samples(estimator, model, guide, args, params, num_estimates, vectorize)
     seconds = (time.perf_counter() - began) / num_estimates
-    return Measurement(samples.detach(), exact.detach(), slices, seconds)
+    return Measurement(samples.detach(), exact, slices, seconds, objective, elbo)
 
 
 def rows_of(name: str, m: Measurement) -> list[dict[str, Any]]:
     """Table rows (one per group, plus ``all``) of a measurement."""
     rows = []
     for group, sl in {**m.slices, "all": slice(None)}.items():
-        stats = summarize(m.samples[:, sl], m.exact[sl])
+        stats = summarize(m.samples[:, sl], m.exact[sl], None if m.elbo is None else m.elbo[sl])
         rows.append(
             {
                 "estimator": name,
                 "group": group,
+                "objective": m.objective,
                 **stats,
                 "seconds": m.seconds,
                 "work_variance": stats["variance"] * m.seconds,

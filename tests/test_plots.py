@@ -38,7 +38,7 @@ def test_cluster_figures_are_written(tmp_path):
 
 
 def test_confusion_matrix_puts_matches_on_the_diagonal():
-    from pyro_moe.cluster_plots import confusion
+    from pyro_moe.plots.clustering import confusion
 
     table = confusion([0, 0, 1, 1, 2], [2, 2, 0, 0, 1])
     assert table.tolist() == [[2, 0, 0], [0, 2, 0], [0, 0, 1]]

@@ -15,6 +15,7 @@ from pyro_moe.estimators import (  # noqa: F401  (register the estimators)
     vimco,
 )
 from pyro_moe.estimators.base import Estimator, value_with_gradient_of
+from pyro_moe.estimators.objectives import OBJECTIVES
 from pyro_moe.registry import ESTIMATORS
 
-__all__ = ["ESTIMATORS", "Estimator", "value_with_gradient_of"]
+__all__ = ["ESTIMATORS", "OBJECTIVES", "Estimator", "value_with_gradient_of"]

@@ -15,6 +15,33 @@ Estimators are ``nn.Module`` s so that their state (learned baselines, temperatu
 averages) moves with ``.to(device)`` and is saved in checkpoints. Keep every piece of state that
 :meth:`Estimator.advance` changes in a parameter, a buffer or ``get_extra_state``: checkpoints
 save ``estimator.state_dict()``, and a plain Python attribute would not resume exactly.
+
+What an estimator is, declared on its class (the registry test and the variance harness read it):
+
+* ``unbiased_for``: the name of the objective whose exact gradient E[estimate] equals, one of
+  :data:`pyro_moe.estimators.objectives.OBJECTIVES`:
+
+  - ``"elbo"``: the single-sample ELBO E_q[log p(x, c) - log q(c|x)] (score-function estimators
+    with any baseline that does not depend on the sample, exact sums, control variates);
+  - ``"multi-sample-bound"``: the S-sample bound E[log (1/S) sum_s exp f(c_s)], S =
+    ``num_particles`` (VIMCO-style estimators).
+
+  ``None`` marks a biased estimator.
+* ``bias``: for a biased estimator, one line naming the bias it carries (what it estimates
+  instead, and how the bias moves with its options), e.g. ``"relaxed objective: the likelihood
+  at a point inside the simplex; shrinks as tau -> 0"``. Empty for unbiased ones.
+
+A new estimator is one module under ``pyro_moe/estimators/`` with a class registered by
+``@ESTIMATORS.register("name")``, imported in ``pyro_moe/estimators/__init__.py``, that sets
+``name``, ``unbiased_for`` (or ``unbiased_for = None`` and ``bias = "..."``) and builds with no
+arguments (defaults for every option). Nothing else: ``tests/test_estimator_registry.py`` walks
+the registry and checks every unbiased estimator's mean gradient against the exact gradient of its
+declared objective (within 4 standard errors per coordinate) on small enumerable models (a
+mixture of experts with two guides, a two-latent categorical VAE, a Gaussian mixture), and
+measures every biased one's bias. An estimator that cannot run on one of these models raises
+:class:`~pyro_moe.errors.ConfigError` from :meth:`Estimator.check` (the test then requires it to
+run on at least two of them). A new objective is one function registered in
+:data:`~pyro_moe.estimators.objectives.OBJECTIVES` that computes it exactly by enumeration.
 """
 
 from __future__ import annotations
@@ -39,8 +66,11 @@ class Estimator(nn.Module):
     name: ClassVar[str] = ""
     #: whether the guide must sample ``cluster`` (False: the estimator can sum it out in the model)
     needs_guide_site: ClassVar[bool] = True
-    #: whether E[gradient] equals the exact gradient of the discrete objective
-    unbiased: ClassVar[bool] = True
+    #: the objective whose exact gradient E[estimate] equals (see the module docstring); None:
+    #: biased
+    unbiased_for: ClassVar[str | None] = "elbo"
+    #: for a biased estimator: the bias it carries, in one line
+    bias: ClassVar[str] = ""
     #: whether the variance harness may draw estimates with torch.func.vmap (pyro_moe.vectorised)
     vectorisable: ClassVar[bool] = True
 
@@ -54,6 +84,11 @@ class Estimator(nn.Module):
             raise ConfigError(f"num_particles must be an integer >= 1, got {num_particles!r}")
         self.num_particles = num_particles
         self.max_plate_nesting = max_plate_nesting
+
+    @property
+    def unbiased(self) -> bool:
+        """Whether E[gradient] is the exact gradient of a declared objective."""
+        return self.unbiased_for is not None
 
     def loss(self, model, guide, *args: Any, **kwargs: Any) -> torch.Tensor:
         raise NotImplementedError

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from pyro.infer import JitTraceEnum_ELBO, TraceEnum_ELBO, config_enumerate
 
+from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.base import Estimator
 from pyro_moe.estimators.collapsed import NotCollapsible, collapsed_loss
 from pyro_moe.registry import ESTIMATORS
@@ -62,6 +63,14 @@ class Enumerate(Estimator):
             vectorize_particles=num_particles > 1,
             ignore_jit_warnings=True,
         )
+
+    def check(self, guide) -> None:
+        target = getattr(guide, "target", None)
+        if target is not None and not getattr(target, "traceenum_summable", True):
+            raise ConfigError(
+                f"estimator 'enum' cannot sum out {type(target).__name__}'s discrete latents with "
+                "TraceEnum_ELBO (they feed a site outside their plate); use a sampling estimator"
+            )
 
     def loss(self, model, guide, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self._collapsible(model, guide):

@@ -31,6 +31,7 @@ class GumbelSoftmax(RelaxedEstimator):
 
     name = "gumbel"
     mode = "soft"
+    bias = "likelihood at a relaxed point inside the simplex (KL exact); shrinks as tau -> 0"
 
 
 @ESTIMATORS.register("st-gumbel")
@@ -39,3 +40,6 @@ class StraightThroughGumbel(RelaxedEstimator):
 
     name = "st-gumbel"
     mode = "hard"
+    bias = (
+        "straight-through: one-hot forward, relaxed Jacobian backward; does not vanish as tau -> 0"
+    )

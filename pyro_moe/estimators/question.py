@@ -35,7 +35,8 @@ class Question(TemperedEstimator):
     """The question's proposal: f(argmax beta) * grad beta_argmax (biased; kept to measure it)."""
 
     name = "question"
-    unbiased = False
+    unbiased_for = None
+    bias = "the score grad log q(c) replaced by grad beta_c: biased for the ELBO at every tau"
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -10,7 +10,8 @@ and reduces every site's (scaled) log-density to one cost per data point,
 
     f[e, s, n] = sum_{model sites} log p - sum_{guide sites} log q        (point n's ELBO term)
 
-plus ``logq[e, s, n]`` = log q(c_n) of the guide's ``cluster`` site (the score). Sites outside the
+plus ``logq[e, s, n]`` = log q(c_n), summed over the guide's discrete sites (the score; by default
+every latent guide site with a discrete support, e.g. ``cluster``). Sites outside the
 ``data`` plate are spread evenly over the points of the batch. Subclasses turn ``f`` and ``logq``
 into a value and a surrogate per estimate; :meth:`SampledEstimator.estimate_losses` returns the
 ``E`` losses ``-value`` with the surrogate's gradient (E independent estimates from one forward
@@ -24,12 +25,14 @@ model; the relaxed estimators use it to turn the ``cluster`` site into a relaxed
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.base import Estimator, value_with_gradient_of
@@ -96,30 +99,73 @@ def _sample_sites(trace):
     return [
         s
         for name, s in trace.nodes.items()
-        if s["type"] == "sample" and name not in (ESTIMATES, PARTICLES)
+        if s["type"] == "sample" and name not in (ESTIMATES, PARTICLES) and not site_is_subsample(s)
     ]
 
 
-def point_costs(model_trace, guide_trace, nesting: int) -> Costs:
-    """Reduce two traces to per-point costs (see the module docstring)."""
+def is_discrete(site: dict) -> bool:
+    """A latent sample site whose distribution has a discrete support."""
+    support = getattr(site["fn"], "support", None)
+    return not site["is_observed"] and bool(getattr(support, "is_discrete", False))
+
+
+def discrete_sites(guide_trace, sites: Sequence[str] | None = None) -> list[str]:
+    """The guide's sites an estimator acts on: ``sites`` when given (each must be a latent site of
+    the guide), else every latent site of the guide with a discrete support."""
+    if sites is None:
+        return [s["name"] for s in _sample_sites(guide_trace) if is_discrete(s)]
+    sampled = {s["name"] for s in _sample_sites(guide_trace) if not s["is_observed"]}
+    missing = [name for name in sites if name not in sampled]
+    if missing:
+        raise ConfigError(
+            f"site(s) {', '.join(map(repr, missing))} are not sampled by the guide; its latent "
+            f"sites: {', '.join(sorted(sampled)) or 'none'}"
+        )
+    return list(sites)
+
+
+def point_costs(
+    model_trace,
+    guide_trace,
+    nesting: int,
+    sites: Sequence[str] | None = None,
+    score: bool = True,
+) -> Costs:
+    """Reduce two traces to per-point costs (see the module docstring); ``logq`` sums the
+    guide's :func:`discrete_sites` (``sites``: those named). ``score=False``: an estimator that
+    does not use the score (a relaxed one) gets ``logq = 0`` when the guide has no discrete site."""
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
-    data_terms, global_terms, batch = [], [], None
+    data_terms, global_terms, scales = [], [], []
     for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
         for site in _sample_sites(trace):
             term = sign * _point_terms(site, nesting)
             if _in_data_plate(site):
                 data_terms.append(term)
-                batch = term.shape[-1]
+                scales.append(_scale(site))
             else:
                 global_terms.append(term)
-    if batch is None or CLUSTER not in guide_trace.nodes:
-        raise ConfigError("a sampling estimator needs a `cluster` site in the guide's data plate")
-    f = sum(data_terms) + sum(global_terms) / batch if global_terms else sum(data_terms)
-    site = guide_trace.nodes[CLUSTER]
-    logq = _point_terms(site, nesting, "unscaled_log_prob")
-    scale = float(site["scale"]) if not torch.is_tensor(site["scale"]) else site["scale"].item()
-    return Costs(f.expand(logq.shape[:2] + (batch,)), logq, scale, guide_trace, model_trace)
+    names = discrete_sites(guide_trace, sites)
+    outside = [n for n in names if not _in_data_plate(guide_trace.nodes[n])]
+    if not data_terms or (score and not names) or outside:
+        raise ConfigError(
+            "a sampling estimator needs the guide's discrete site(s) inside the `data` plate; "
+            f"found {', '.join(names) or 'none'}"
+            + (f" ({', '.join(outside)} outside it)" if outside else "")
+        )
+    f = sum(data_terms)
+    batch = f.shape[-1]
+    if global_terms:
+        f = f + sum(global_terms) / batch
+    shape = f.shape[:2] + (batch,)
+    logq = sum(_point_terms(guide_trace.nodes[n], nesting, "unscaled_log_prob") for n in names)
+    logq = logq if names else f.new_zeros(shape)
+    scale = _scale(guide_trace.nodes[names[0]]) if names else scales[0]
+    return Costs(f.expand(shape), logq.expand(shape), scale, guide_trace, model_trace)
+
+
+def _scale(site: dict) -> float:
+    return float(site["scale"]) if not torch.is_tensor(site["scale"]) else site["scale"].item()
 
 
 class SampledEstimator(Estimator):
@@ -128,6 +174,10 @@ class SampledEstimator(Estimator):
 
     #: the fewest particles the estimator works with
     min_particles: int = 1
+    #: whether :meth:`objective` uses the score log q (False: relaxed, pathwise estimators)
+    uses_score: bool = True
+    #: the guide sites the estimator acts on (None: every latent discrete site of the guide)
+    sites: tuple[str, ...] | None = None
 
     def __init__(self, *, num_particles: int = 1, max_plate_nesting: int = 1) -> None:
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
@@ -153,7 +203,9 @@ class SampledEstimator(Estimator):
             self.max_plate_nesting,
             self.handler(),
         )
-        return point_costs(model_trace, guide_trace, self.max_plate_nesting)
+        return point_costs(
+            model_trace, guide_trace, self.max_plate_nesting, self.sites, self.uses_score
+        )
 
     def objective(self, costs: Costs, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(value, surrogate), each ``[E]``: the objective estimate and a function whose gradient
@@ -172,12 +224,30 @@ class SampledEstimator(Estimator):
         return self.estimate_losses(model, guide, 1, *args, **kwargs)[0]
 
 
-def score_surrogate(costs: Costs, baseline: torch.Tensor | float) -> tuple[torch.Tensor, ...]:
+def score_surrogate(
+    costs: Costs, baseline: torch.Tensor | float, zero_mean_term: bool = False
+) -> tuple[torch.Tensor, ...]:
     """The score-function value and surrogate per estimate for a baseline ``b`` (``[E, S, N]``):
 
-    value = mean_s sum_n f,   surrogate = mean_s sum_n [f + stop(f - b) log q(c_n)].
+    value = mean_s sum_n f,
+    surrogate = mean_s sum_n [f + stop(f - b) log q(c_n) + r log q(c_n) - stop(r log q(c_n))],
+
+    r the data plate's scale. Its gradient is mean_s sum_n [(f - b) grad log q(c_n) + grad~ f]:
+    grad~ f is f's gradient without the term -r grad log q(c_n) of the discrete site's own
+    log-density, which has mean zero (E_q[grad log q(c)] = 0). This is the form Pyro's
+    ``TraceGraph_ELBO`` computes (it never differentiates a non-reparameterised site's
+    log-density outside the score), so ``reinforce``, ``reinforce-avg``, ``rloo`` and ``nvil``
+    estimate the same gradient in the same form and their variances compare like for like.
+
+    ``zero_mean_term=True`` keeps the term (surrogate mean_s sum_n [f + stop(f - b) log q]). The
+    mean is the same; which form has the lower variance depends on the program: with q(c|x) =
+    p(c|x) (the MoE's ``gate`` guide) the kept term cancels the model's grad log p(c|x) exactly,
+    with a separate posterior network dropping it usually helps.
     """
     f, logq = costs.f, costs.logq
     value = f.sum(-1).mean(-1)
-    surrogate = (f + (f - baseline).detach() * logq).sum(-1).mean(-1)  # f carries the scale
-    return value, surrogate
+    score = (f - baseline).detach() * logq  # f carries the scale
+    surrogate = f + score
+    if not zero_mean_term:
+        surrogate = surrogate + costs.scale * (logq - logq.detach())  # cancels -r grad log q(c)
+    return value, surrogate.sum(-1).mean(-1)

@@ -27,8 +27,8 @@ def plot_data(data: Dataset, ax=None, split: str = "train"):
 
 @torch.no_grad()
 def plot_gate_partition(model, data: Dataset, ax=None, title: str = "", resolution: int = 150):
-    """The gate's most probable expert over a grid of the input plane (model.gate_log_probs or
-    model.gate_logits), with the training points on top in black."""
+    """The gate's most probable expert over a grid of the input plane (model.gate_log_probs),
+    with the training points on top in black."""
     ax = _axes(ax)
     x = data.train.x
     low, high = x.min(0).values - 0.3, x.max(0).values + 0.3
@@ -38,7 +38,7 @@ def plot_gate_partition(model, data: Dataset, ax=None, title: str = "", resoluti
         indexing="ij",
     )
     grid = torch.stack([g0.flatten(), g1.flatten()], -1).to(x.dtype)
-    logits = model.gate_log_probs(grid) if hasattr(model, "gate_log_probs") else model.gate(grid)
+    logits = model.gate_log_probs(grid)
     choice = logits.argmax(-1).reshape(resolution, resolution)
     ax.contourf(g0, g1, choice, levels=model.num_components, cmap="Pastel1", alpha=0.9)
     ax.scatter(x[:, 0], x[:, 1], s=2, c="k")
@@ -52,7 +52,7 @@ def plot_fit(model, data: Dataset, ax=None, title: str = ""):
     ax = _axes(ax)
     x, y = data.test.x, data.test.y[:, 0]
     pred = model.predict(x)[:, 0]
-    logits = model.gate_log_probs(x) if hasattr(model, "gate_log_probs") else model.gate(x)
+    logits = model.gate_log_probs(x)
     ax.scatter(y, pred, c=logits.argmax(-1), s=6, cmap="Set1")
     line = [float(y.min()), float(y.max())]
     ax.plot(line, line, "k--", lw=1)

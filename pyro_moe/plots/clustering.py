@@ -29,8 +29,8 @@ def latent_points(model: Any, x: torch.Tensor, max_points: int = 2000, seed: int
     """2-D coordinates of ``x``: the encoder means if the latent is 2-D, else t-SNE of them
     (scikit-learn); the data itself for models without an encoder (GMM)."""
     x = x[:max_points]
-    z = model.embed(x) if hasattr(model, "embed") else x
-    z = z.cpu().numpy()
+    z = model.embed(x)
+    z = (x if z is None else z).cpu().numpy()
     if z.shape[1] == 2:
         return z
     if z.shape[1] == 1:
@@ -48,26 +48,18 @@ def plot_latent(model: Any, x: torch.Tensor, max_points: int = 2000) -> Figure:
     fig = _figure()
     ax = fig.add_subplot()
     scatter = ax.scatter(points[:, 0], points[:, 1], c=clusters, cmap="tab10", s=6, vmin=0, vmax=9)
-    wide = hasattr(model, "latent_dim") and model.latent_dim > 2
-    ax.set_title(("t-SNE of the latent means" if wide else "latent") + ", coloured by cluster")
+    encoded = model.embed(x[:1])
+    wide = (x if encoded is None else encoded).shape[1] > 2
+    space = "the inputs" if encoded is None else "the latent means"
+    ax.set_title((f"t-SNE of {space}" if wide else space) + ", coloured by cluster")
     fig.colorbar(scatter, ax=ax, label="cluster")
     return fig
-
-
-@torch.no_grad()
-def cluster_samples(model: Any, per_cluster: int = 8, seed: int = 0) -> torch.Tensor:
-    """Decoder means f(z) for z ~ p(z|c=k): ``[K, per_cluster, D]`` (needs a mixture prior)."""
-    g = torch.Generator().manual_seed(seed)
-    loc, scale = model.prior_loc, model.prior_scale()
-    eps = torch.randn((loc.shape[0], per_cluster, loc.shape[1]), generator=g).to(loc)
-    out = model.decoder(loc[:, None] + scale[:, None] * eps)
-    return torch.sigmoid(out) if model.likelihood == "bernoulli" else out
 
 
 def plot_cluster_samples(model: Any, data: Dataset | None = None, per_cluster: int = 8) -> Figure:
     """Samples of every cluster: an image grid (one row per cluster) for image data, else the
     samples over the data in input space (first two dims)."""
-    samples = cluster_samples(model, per_cluster).cpu().numpy()
+    samples = model.cluster_samples(per_cluster).cpu().numpy()
     k = samples.shape[0]
     shape = _image_shape(data, samples.shape[-1])
     if shape is None:
@@ -140,9 +132,9 @@ def cluster_figures(model: Any, data: Dataset, max_points: int = 2000) -> dict[s
     """The figures that fit ``model``: latent, samples, reconstructions, confusion."""
     x = data.test.x
     figures = {"latent": plot_latent(model, x, max_points)}
-    if hasattr(model, "prior_loc"):
+    if model.cluster_samples(1) is not None:
         figures["cluster_samples"] = plot_cluster_samples(model, data)
-    if hasattr(model, "reconstruct"):
+    if model.reconstruct(x[:1]) is not None:
         figures["reconstructions"] = plot_reconstructions(model, x, data)
     if data.test.labels is not None:
         figures["confusion"] = plot_confusion(

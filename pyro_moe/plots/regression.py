@@ -1,5 +1,6 @@
-"""Matplotlib figures. Each function draws into ``ax`` (or a new figure) and returns the figure;
-figures are built without pyplot, so they work headless and in notebooks alike.
+"""Figures of a 1-D regression mixture of experts: the predictive density with each expert's mean,
+and the gate. Each function draws into ``ax`` (or a new figure) and returns the figure; figures
+are built without pyplot, so they work headless and in notebooks alike.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pyro_moe.data import Dataset
 COLORS = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9"]
 
 
-def _axes(ax: Axes | None, figsize=(6, 4)) -> tuple[Figure, Axes]:
+def axes_or_new(ax: Axes | None, figsize=(6, 4)) -> tuple[Figure, Axes]:
+    """``ax`` with its figure, or a new figure with one axes."""
     if ax is not None:
         return ax.figure, ax
     fig = Figure(figsize=figsize, layout="constrained")
@@ -33,7 +35,7 @@ def _grid(data: Dataset, num: int = 300) -> torch.Tensor:
 def plot_regression_fit(model: Any, data: Dataset, ax: Axes | None = None) -> Figure:
     """1-D regression: log predictive density p(y|x) as a heat map, the test points, each expert's
     mean (line opacity = its gate probability) and the predictive mean."""
-    fig, ax = _axes(ax)
+    fig, ax = axes_or_new(ax)
     xs = _grid(data)
     y_all = torch.cat([data.train.y, data.test.y])[:, 0]
     pad = 0.1 * float(y_all.max() - y_all.min())
@@ -52,7 +54,7 @@ def plot_regression_fit(model: Any, data: Dataset, ax: Axes | None = None) -> Fi
     ax.scatter(
         data.test.x[:, 0].cpu(), data.test.y[:, 0].cpu(), s=5, c="k", alpha=0.6, label="test data"
     )
-    gate = torch.softmax(model.gate_logits(xs), -1).cpu().numpy()
+    gate = model.gate_log_probs(xs).exp().cpu().numpy()
     means = model.experts(xs)[..., 0].cpu().numpy()  # [G, K]
     x_np = xs[:, 0].cpu().numpy()
     for k in range(means.shape[1]):
@@ -72,9 +74,9 @@ def plot_regression_fit(model: Any, data: Dataset, ax: Axes | None = None) -> Fi
 @torch.no_grad()
 def plot_gate(model: Any, data: Dataset, ax: Axes | None = None) -> Figure:
     """Gate probabilities p(c = k|x) over a grid of 1-D inputs."""
-    fig, ax = _axes(ax, figsize=(6, 2.5))
+    fig, ax = axes_or_new(ax, figsize=(6, 2.5))
     xs = _grid(data)
-    gate = torch.softmax(model.gate_logits(xs), -1).cpu().numpy()
+    gate = model.gate_log_probs(xs).exp().cpu().numpy()
     x_np = xs[:, 0].cpu().numpy()
     ax.stackplot(
         x_np,
@@ -99,45 +101,7 @@ def plot_regression_run(model: Any, data: Dataset) -> Figure:
     return fig
 
 
-def plot_history(
-    history: list[dict[str, Any]], keys: list[str] | None = None, ax: Axes | None = None
-) -> Figure:
-    """Training loss and validation metrics against the epoch."""
-    fig, ax = _axes(ax)
-    keys = keys or [k for k in history[0] if k == "train_loss" or k.startswith("valid_")]
-    epochs = [row["epoch"] for row in history]
-    for key in keys:
-        ax.plot(epochs, [row[key] for row in history], label=key)
-    ax.set(xlabel="epoch", title="training history")
-    ax.legend(fontsize="small")
-    return fig
-
-
 def _rgb(name: str) -> tuple[float, float, float]:
     from matplotlib.colors import to_rgb
 
     return to_rgb(name)
-
-
-def save_run_figures(run: Any, model: Any, data: Dataset, history: list[dict[str, Any]]) -> list:
-    """Write the figures that fit the model and data into the run folder; returns their paths."""
-    figures = {}
-    if history:
-        figures["training"] = plot_history(history)
-    if (
-        data.task == "regression"
-        and data.input_dim == 1
-        and data.output_dim == 1
-        and hasattr(model, "gate_logits")
-    ):
-        figures["fit"] = plot_regression_run(model, data)
-    if hasattr(model, "predict_cluster"):
-        from pyro_moe.cluster_plots import cluster_figures
-
-        figures.update(cluster_figures(model, data))
-    paths = []
-    for name, fig in figures.items():
-        path = run.figure(name)
-        fig.savefig(path, dpi=110)
-        paths.append(path)
-    return paths
