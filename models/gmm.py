@@ -93,14 +93,7 @@ class GaussianMixture(PyroModel):
         n_init: int = 5,
         em_iters: int = 100,
     ) -> None:
-        super().__init__(
-            num_components=num_components,
-            covariance=covariance,
-            min_scale=min_scale,
-            init=init,
-            n_init=n_init,
-            em_iters=em_iters,
-        )
+        super().__init__()
         k = check_num_components(num_components)
         check_choice("covariance", covariance, COVARIANCES)
         check_choice("init", init, INITS)
