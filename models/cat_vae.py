@@ -90,13 +90,7 @@ class CategoricalVAE(PyroModel):
         validation_particles: int = 8,
     ) -> None:
         sizes = _sizes(hidden)
-        super().__init__(
-            num_latents=num_latents,
-            num_components=num_components,
-            hidden=sizes,
-            activation=activation,
-            validation_particles=validation_particles,
-        )
+        super().__init__()
         self.num_latents = check_num_components(num_latents)
         self.num_components = check_num_components(num_components)
         self.input_dim, self.output_dim = input_dim, 0

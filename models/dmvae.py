@@ -78,7 +78,6 @@ class DMVAE(VaDE):
             activation=activation,
             min_scale=min_scale,
             pretrain_epochs=pretrain_epochs,
-            cluster_hidden=list(sizes),
         )
         self.cluster_net = mlp([input_dim, *sizes, self.num_components], activation)
 

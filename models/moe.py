@@ -108,14 +108,7 @@ class MixtureOfExperts(PyroModel):
         activation: str = "tanh",
         min_scale: float = 1e-3,
     ) -> None:
-        super().__init__(
-            num_components=num_components,
-            gate=gate,
-            expert=expert,
-            hidden_dim=hidden_dim,
-            activation=activation,
-            min_scale=min_scale,
-        )
+        super().__init__()
         k = check_num_components(num_components)
         check_choice("task", task, self.tasks)
         check_choice("gate", gate, NETWORKS)

@@ -136,17 +136,7 @@ class VaeGatedMoE(MixturePrior, PyroModel):
         min_scale: float = 1e-3,
         x_weight: float = 1.0,
     ) -> None:
-        super().__init__(
-            num_components=num_components,
-            latent_dim=latent_dim,
-            hidden_dim=hidden_dim,
-            expert=expert,
-            activation=activation,
-            label_gate=label_gate,
-            gate_samples=gate_samples,
-            min_scale=min_scale,
-            x_weight=x_weight,
-        )
+        super().__init__()
         k = check_num_components(num_components)
         check_choice("task", task, self.tasks)
         check_choice("expert", expert, NETWORKS)

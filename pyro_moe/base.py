@@ -13,6 +13,7 @@ so the parameters are owned, saved and optimised once.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, ClassVar
 
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from pyro_moe.errors import ConfigError
+from pyro_moe.validation import check_int
 
 
 def data_plate(x: torch.Tensor, num_data: int | None = None) -> pyro.plate:
@@ -39,9 +41,7 @@ def data_plate(x: torch.Tensor, num_data: int | None = None) -> pyro.plate:
 
 def check_num_components(k: int) -> int:
     """``K`` must be a whole number >= 1."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"the number of components K must be an integer >= 1, got {k!r}")
-    return k
+    return check_int("the number of components K", k)
 
 
 def default_parameter_group(name: str) -> str:
@@ -53,8 +53,31 @@ def default_parameter_group(name: str) -> str:
     return "model"
 
 
+def _capture_options(init):
+    """Wrap a model's ``__init__`` so that, once it has run, ``self.hparams`` holds the keyword
+    options it was called with, defaults filled in (keyword-only parameters and any ``**options``);
+    a subclass's options update its base classes'."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        options = {}
+        for name, p in signature.parameters.items():
+            if p.kind is p.KEYWORD_ONLY:
+                options[name] = bound.arguments[name]
+            elif p.kind is p.VAR_KEYWORD:
+                options.update(bound.arguments.get(name, {}))
+        self.hparams = {**self.hparams, **options}
+
+    return __init__
+
+
 class PyroModel(nn.Module):
-    """Base class: the generative story lives in :meth:`model`; options are kept in ``hparams``."""
+    """Base class: the generative story lives in :meth:`model`; the constructor's keyword options
+    are captured from its signature into ``hparams`` (a subclass does not list them again)."""
 
     #: the name under which the model registers its parameters with ``pyro.module``
     pyro_name: ClassVar[str] = "model"
@@ -75,9 +98,14 @@ class PyroModel(nn.Module):
     #: plate feeds a site outside it, so only a joint enumeration could, e.g. the categorical VAE)
     traceenum_summable: ClassVar[bool] = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _capture_options(cls.__dict__["__init__"])
+
     def __init__(self, **hparams: Any) -> None:
         super().__init__()
-        self.hparams = hparams
+        self.hparams: dict[str, Any] = dict(hparams)
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
         raise NotImplementedError

@@ -42,6 +42,7 @@ TEMPERATURES = (2.0, 0.5, 0.1)
 
 
 def _moe(guide: str):
+    torch.manual_seed(0)
     data = tiny_data("regression", n=40, seed=0)
     model, guide_ = tiny_moe(data, guide, num_components=3, hidden_dim=4)
     return model, guide_, (data.train.x[:4], data.train.y[:4])

@@ -7,7 +7,16 @@ The discrete c is replaced by a relaxed one-hot w = exp(y), y ~ ExpConcrete(tau,
 
 is maximised by the reparameterisation gradient. Both densities are evaluated on the log-space
 sample y (never log(w), which underflows at low temperature). The relaxed objective is not the
-discrete ELBO: the gradient is biased, less so as tau -> 0, at the cost of variance.
+discrete ELBO, and its gradient is a biased estimate of the ELBO's. For the likelihood's
+parameters the bias shrinks as tau -> 0, at the cost of variance. For the prior's logits a_p (the
+MoE gate with a separate posterior guide) it does not move with tau at all: with
+y = log_softmax((a_q + g) / tau),
+
+    d/da_p log ExpConcrete(y | tau, a_p) = 1 - K softmax(a_p - tau y) = 1 - K softmax(a_p - a_q - g)
+
+has no tau in it, so the gate gradient is the same draw for draw at every temperature (tested).
+With q(c|x) = p(c|x) (the ``gate`` guide) the two densities cancel and ``concrete`` equals
+``gumbel``.
 
 References:
     1. C. J. Maddison, A. Mnih, Y. W. Teh, "The Concrete Distribution: A Continuous Relaxation of

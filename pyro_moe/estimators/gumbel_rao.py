@@ -3,14 +3,19 @@
 The forward pass is the exact one-hot D = onehot(argmax(logits + g)), as in ``st-gumbel``. The
 backward pass replaces the single relaxed sample's Jacobian by its conditional expectation given D,
 
-    grad ~ d/dlogits (1/M) sum_m softmax((logits + g_m) / tau),   g_m ~ Gumbel | argmax = D,
+    grad ~ (1/M) sum_m [d/dlogits softmax((logits + g) / tau)] at g = g_m,
+    g_m ~ Gumbel(0, 1)^K conditioned on argmax(logits + g) = D,
 
-with the conditional Gumbels drawn by exponential races in log space. Same bias as straight-through
-in expectation, lower variance (Paulus et al. 2020, Thm. 1).
+with the conditional Gumbels drawn by exponential races in log space and held fixed (detached) in
+the derivative: only the softmax's explicit dependence on the logits is differentiated, not the
+conditional sampler's. Since E[g | D] sampling and differentiating commute this way, the mean is
+exactly the straight-through estimator's (same bias, see ``st-gumbel``) and the variance is lower,
+the Rao-Blackwellisation of Paulus et al. (2020), Thm. 1. (Differentiating through the conditional
+sampler as well would change the mean.)
 
 References:
     1. M. B. Paulus, C. J. Maddison, A. Krause, "Rao-Blackwellizing the Straight-Through
-       Gumbel-Softmax Gradient Estimator", ICLR 2021.
+       Gumbel-Softmax Gradient Estimator", ICLR 2021 (arXiv:2010.04838, 2020).
 """
 
 from __future__ import annotations

@@ -1,13 +1,16 @@
 """``nvil``: the score function with a learned, input-dependent baseline network.
 
-    grad ELBO ~ (f - b_psi(x, y)) grad log q(c) + grad f,    f = log p(x, y, c) - log q(c),
+    grad ELBO ~ (f - b_psi(x, y)) grad log q(c) + grad~ f,    f = log p(x, y, c) - log q(c),
     psi <- argmin E[(f - b_psi(x, y))^2]     (trained alongside, on the same loss)
 
-per data point. ``b_psi`` is a small MLP on the model's inputs (and targets, where the model has
-them), built when the estimator is checked against a guide. It never sees c, so the estimate stays
-unbiased for any psi; a good psi removes most of the variance. The baseline regresses the unscaled
-per-point signal, so it serves minibatches of any size. (Mnih & Gregor also centre and rescale the
-signal by running moments; here the network's bias absorbs the centring.)
+per data point, grad~ f being f's gradient without the zero-mean term -grad log q(c) (the form of
+``reinforce`` and ``rloo``; ``zero_mean_term=True`` keeps it, see
+:func:`~pyro_moe.estimators.sampled.score_surrogate`). ``b_psi`` is a small MLP on the model's
+inputs (and targets, where the model has them), built when the estimator is checked against a
+guide. It never sees c, so the estimate stays unbiased for any psi; a good psi removes most of the
+variance. The baseline regresses the unscaled per-point signal, so it serves minibatches of any
+size. (Mnih & Gregor also centre and rescale the signal by running moments; here the network's
+bias absorbs the centring.)
 
 References:
     1. A. Mnih, K. Gregor, "Neural Variational Inference and Learning in Belief Networks",
@@ -35,9 +38,15 @@ class Nvil(SampledEstimator):
     name = "nvil"
 
     def __init__(
-        self, *, num_particles: int = 1, max_plate_nesting: int = 1, hidden_dim: int = 32
+        self,
+        *,
+        num_particles: int = 1,
+        max_plate_nesting: int = 1,
+        hidden_dim: int = 32,
+        zero_mean_term: bool = False,
     ) -> None:
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+        self.zero_mean_term = bool(zero_mean_term)
         if hidden_dim < 1:
             raise ConfigError(f"nvil hidden_dim must be >= 1, got {hidden_dim}")
         self.hidden_dim = hidden_dim
@@ -76,7 +85,7 @@ class Nvil(SampledEstimator):
             raise ConfigError("nvil's baseline network is built by estimator.check(guide) first")
         x, y = args[0], args[1] if len(args) > 1 else None
         b = self.baseline(self.features(x, y))[..., 0]  # [N], unscaled
-        value, surrogate = score_surrogate(costs, costs.scale * b.detach())
+        value, surrogate = score_surrogate(costs, costs.scale * b.detach(), self.zero_mean_term)
         signal = costs.f.detach() / costs.scale
         fit = costs.scale * ((signal - b) ** 2).sum(-1).mean(-1)  # [E]
         return value, surrogate - fit

@@ -4,8 +4,15 @@ For a guide site c ~ q_phi(c|...) the gradient of ELBO = E_q[f(c)], f = log p - 
 
     grad_phi ELBO = E_q[ (f(c) - b) grad_phi log q_phi(c) ] + E_q[ grad_phi f(c) ]
 
-for any baseline b that does not depend on c. Pyro's ``TraceGraph_ELBO`` builds this surrogate,
-keeping only the cost terms downstream of c (Rao-Blackwellisation over the dependency graph).
+for any baseline b that does not depend on c. Pyro's ``TraceGraph_ELBO`` estimates it as
+
+    (f(c) - b) grad log q(c) + grad log p(x, c)         (one sample c ~ q),
+
+i.e. it drops the term -grad log q(c) of grad f(c), whose mean is zero (E_q[grad log q] = 0),
+and keeps only the cost terms downstream of c in the score (Rao-Blackwellisation over the
+dependency graph). ``rloo`` and ``nvil`` use the same form by default, so the variance harness
+compares the four like for like (``vimco`` cannot drop the term: its importance weights make it
+non-zero mean).
 
 * ``reinforce``: b = 0 (Williams 1992).
 * ``reinforce-avg``: b = a decaying average of past costs, b_t = beta b_{t-1} + (1 - beta) f_t,

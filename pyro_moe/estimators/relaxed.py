@@ -18,8 +18,9 @@ Value forms (``mode``):
 * ``soft``: w = exp(y) (Concrete / Gumbel-softmax, Maddison et al. 2017, Jang et al. 2017);
 * ``hard``: w = onehot(argmax y) + exp(y) - stop(exp(y)): exactly one-hot forward, relaxed
   gradient backward (straight-through Gumbel, Jang et al. 2017);
-* ``rao``: forward as ``hard``; backward through the mean of ``num_samples`` relaxed samples drawn
-  from the Gumbels conditioned on the argmax (Gumbel-Rao, Paulus et al. 2020).
+* ``rao``: forward as ``hard``; backward through the mean of ``num_samples`` relaxed samples
+  softmax((logits + g_m) / tau) with g_m drawn from the Gumbels conditioned on the argmax and held
+  fixed (detached) in the derivative (Gumbel-Rao, Paulus et al. 2020).
 
 References:
     1. C. J. Maddison, A. Mnih, Y. W. Teh, "The Concrete Distribution", ICLR 2017.
@@ -41,6 +42,7 @@ from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.sampled import CLUSTER, Costs, SampledEstimator
 from pyro_moe.estimators.temperature import Temperature
+from pyro_moe.validation import check_int
 
 MODES = ("soft", "hard", "rao")
 
@@ -113,9 +115,10 @@ class RelaxedGate(dist.TorchDistribution):
             w = soft
         else:
             hard = one_hot(y.argmax(-1), y.shape[-1], y.dtype)
-            if self.form == "rao":
+            if self.form == "rao":  # the conditional noise is held fixed in the derivative
                 perturbed = conditional_gumbels(logits, y.argmax(-1), self.num_samples)
-                soft = torch.softmax(perturbed / self.temperature, -1).mean(0)
+                noise = (perturbed - logits).detach()  # g_m = (logits + g_m) - logits
+                soft = torch.softmax((logits + noise) / self.temperature, -1).mean(0)
             w = hard + (soft - soft.detach())
         w.log_value = y
         return w
@@ -262,9 +265,7 @@ class RelaxedEstimator(TemperedEstimator):
 
 
 def check_samples(num_samples: int) -> int:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ConfigError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-    return num_samples
+    return check_int("num_samples", num_samples)
 
 
 __all__ = [

@@ -1,9 +1,12 @@
 """``rloo``: S samples per data point, each baselined by the mean of the other S - 1.
 
-    grad ELBO ~ (1/S) sum_s [ (f_s - b_s) grad log q(c_s) + grad f_s ],
+    grad ELBO ~ (1/S) sum_s [ (f_s - b_s) grad log q(c_s) + grad~ f_s ],
     b_s = (1/(S-1)) sum_{j != s} f_j,
 
-with f_s = log p(x, y, c_s) - log q(c_s) per data point. The baseline does not depend on c_s, so
+with f_s = log p(x, y, c_s) - log q(c_s) per data point and grad~ f_s its gradient without the
+zero-mean term -grad log q(c_s) (Pyro's ``TraceGraph_ELBO`` form, shared with ``reinforce`` and
+``nvil``; ``zero_mean_term=True`` keeps it, see
+:func:`~pyro_moe.estimators.sampled.score_surrogate`). The baseline does not depend on c_s, so
 the estimate stays unbiased; it needs no learned parameters and no state.
 
 References:
@@ -28,11 +31,14 @@ class LeaveOneOut(SampledEstimator):
     name = "rloo"
     min_particles = 2
 
-    def __init__(self, *, num_particles: int = 4, max_plate_nesting: int = 1) -> None:
+    def __init__(
+        self, *, num_particles: int = 4, max_plate_nesting: int = 1, zero_mean_term: bool = False
+    ) -> None:
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+        self.zero_mean_term = bool(zero_mean_term)
 
     def objective(self, costs: Costs, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
         f = costs.f.detach()
         s = f.shape[1]
         baseline = (f.sum(1, keepdim=True) - f) / (s - 1)
-        return score_surrogate(costs, baseline)
+        return score_surrogate(costs, baseline, self.zero_mean_term)

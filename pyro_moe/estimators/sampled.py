@@ -224,12 +224,30 @@ class SampledEstimator(Estimator):
         return self.estimate_losses(model, guide, 1, *args, **kwargs)[0]
 
 
-def score_surrogate(costs: Costs, baseline: torch.Tensor | float) -> tuple[torch.Tensor, ...]:
+def score_surrogate(
+    costs: Costs, baseline: torch.Tensor | float, zero_mean_term: bool = False
+) -> tuple[torch.Tensor, ...]:
     """The score-function value and surrogate per estimate for a baseline ``b`` (``[E, S, N]``):
 
-    value = mean_s sum_n f,   surrogate = mean_s sum_n [f + stop(f - b) log q(c_n)].
+    value = mean_s sum_n f,
+    surrogate = mean_s sum_n [f + stop(f - b) log q(c_n) + r log q(c_n) - stop(r log q(c_n))],
+
+    r the data plate's scale. Its gradient is mean_s sum_n [(f - b) grad log q(c_n) + grad~ f]:
+    grad~ f is f's gradient without the term -r grad log q(c_n) of the discrete site's own
+    log-density, which has mean zero (E_q[grad log q(c)] = 0). This is the form Pyro's
+    ``TraceGraph_ELBO`` computes (it never differentiates a non-reparameterised site's
+    log-density outside the score), so ``reinforce``, ``reinforce-avg``, ``rloo`` and ``nvil``
+    estimate the same gradient in the same form and their variances compare like for like.
+
+    ``zero_mean_term=True`` keeps the term (surrogate mean_s sum_n [f + stop(f - b) log q]). The
+    mean is the same; which form has the lower variance depends on the program: with q(c|x) =
+    p(c|x) (the MoE's ``gate`` guide) the kept term cancels the model's grad log p(c|x) exactly,
+    with a separate posterior network dropping it usually helps.
     """
     f, logq = costs.f, costs.logq
     value = f.sum(-1).mean(-1)
-    surrogate = (f + (f - baseline).detach() * logq).sum(-1).mean(-1)  # f carries the scale
-    return value, surrogate
+    score = (f - baseline).detach() * logq  # f carries the scale
+    surrogate = f + score
+    if not zero_mean_term:
+        surrogate = surrogate + costs.scale * (logq - logq.detach())  # cancels -r grad log q(c)
+    return value, surrogate.sum(-1).mean(-1)

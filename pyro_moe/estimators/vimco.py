@@ -6,9 +6,14 @@ For each data point, with f_s = log p(x, y, c_s) - log q(c_s) and c_1..c_S ~ q i
     grad L ~ sum_s [L - L_{-s}] grad log q(c_s) + sum_s w_s grad f_s,   w = softmax(f),
     L_{-s} = L with f_s replaced by the mean of the other f_j (a geometric-mean stand-in).
 
-The multi-sample learning signal L - L_{-s} does not depend on c_s given the others, so the
-estimate is unbiased for grad E[L]. With a subsampled data plate the bound is computed per point
-on the unscaled terms and then scaled by num_data / batch size.
+The learning signal L - L_{-s} depends on c_s through L; only the baseline L_{-s} does not, and
+that is what keeps the estimate unbiased for grad E[L]: E[L_{-s} grad log q(c_s)] = 0, while
+E[L grad log q(c_s)] is part of grad E[L]. The second sum is grad L with the samples held fixed; it
+keeps the term -w_s grad log q(c_s) of grad f_s, which unlike the single-sample ELBO's has a
+non-zero mean here (w_s depends on c_s). With a subsampled data plate the bound is computed per
+point on the unscaled terms and then scaled by num_data / batch size. The variance harness scores
+vimco against the exact gradient of E[L] for its S (enumerating the K^S joint samples), with the
+gap to the single-sample ELBO's gradient reported separately.
 
 References:
     1. A. Mnih, D. J. Rezende, "Variational Inference for Monte Carlo Objectives", ICML 2016.
