@@ -43,7 +43,6 @@ from pyro_moe.models.vae import VAE
 from torch import nn
 
 from pyro_moe.base import check_num_components
-from pyro_moe.errors import ConfigError
 from pyro_moe.gate import select
 from pyro_moe.registry import MODELS
 from pyro_moe.validation import check_int, check_number
@@ -126,10 +125,7 @@ class VaDE(MixturePrior, VAE):
         **extra: Any,
     ) -> None:
         k = check_num_components(num_components)
-        if isinstance(pretrain_epochs, bool) or not isinstance(pretrain_epochs, int):
-            raise ConfigError(f"pretrain_epochs must be an integer >= 0, got {pretrain_epochs!r}")
-        if pretrain_epochs < 0:
-            raise ConfigError(f"pretrain_epochs must be an integer >= 0, got {pretrain_epochs!r}")
+        check_int("pretrain_epochs", pretrain_epochs, minimum=0)
         super().__init__(
             input_dim,
             output_dim,
