@@ -114,6 +114,13 @@ class PyroModel(nn.Module):
         """Model-specific metrics on held-out data (no gradient); empty by default."""
         return {}
 
+    def pretrain(self, x: torch.Tensor, seed: int) -> dict[str, Any] | None:
+        """A data-dependent start (autoencoder pretraining, k-means++ restarts, ...) on the
+        training inputs ``x``: the first step of a fresh run (:func:`~pyro_moe.train.fit`), with
+        the run's ``seed``, never repeated by a resume. Returns a record of plain numbers that
+        the checkpoint keeps, or ``None`` when there is nothing to do (the default)."""
+        return None
+
     @classmethod
     def options(cls) -> dict[str, Any]:
         """Constructor keyword options and their defaults (what ``--option key=value`` may set)."""

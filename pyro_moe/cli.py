@@ -96,14 +96,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE")
     p.add_argument("--estimator-option", action="append", metavar="KEY=VALUE")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    _add_budget_options(p)
     p.add_argument("--guide-lr", type=float, help="learning rate of the guide's networks")
-    p.add_argument("--clip-norm", type=float)
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument(
         "--distributed",
@@ -121,6 +115,36 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_budget_options(p: argparse.ArgumentParser) -> None:
+    """How long and how fast to train, with :class:`~pyro_moe.train.TrainConfig`'s defaults."""
+    from pyro_moe.train import DEFAULT_BATCH_SIZE, TrainConfig
+
+    d = TrainConfig()
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help=f"at most this many epochs (default {d.epochs}); early stopping on the validation "
+        "split usually ends training first",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        help=f"stop when the validation metric has not improved by {d.min_delta:g} for this many "
+        f"epochs (default {d.patience}); the best validation epoch's parameters are kept",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"rows per step (default {DEFAULT_BATCH_SIZE}, or every training row if fewer)",
+    )
+    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr:g})")
+    p.add_argument("--clip-norm", type=float, help=f"gradient-norm clip (default {d.clip_norm:g})")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (default: no limit)")
+    p.add_argument(
+        "--seed", type=int, help=f"seed of the run and its pretraining (default {d.seed})"
+    )
 
 
 def _add_reliability_options(p: argparse.ArgumentParser) -> None:
