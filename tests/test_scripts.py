@@ -23,7 +23,8 @@ BENCHMARK_SMOKE_ARGS = {
     ],
     "bishop_objectives.py": ["--epochs", "1"],
     "harness_speed.py": [
-        *("--estimates", "4", "--chunk", "2", "--estimators", "rloo,gumbel,hand-gumbel"),
+        *("--estimates", "4", "--chunk", "2", "--estimators"),
+        "reinforce,rloo,gumbel,hand-reinforce,hand-rloo,hand-gumbel",
         *("--threads", "1"),
     ],
     "memory.py": ["--steps", "2", "--growth-steps", "12", "--growth-rows", "60", "--batches", "4"],
@@ -37,7 +38,10 @@ BENCHMARK_SMOKE_ARGS = {
         *("--name", "clustering_small"),
     ],
     "gmm_vs_em.py": ["--sets", "iris", "--seeds", "0", "--n-init", "2"],
-    "overhead.py": ["--steps", "2", "--mnist-steps", "1", "--mnist-batch", "4", "--warmup", "1"],
+    "overhead.py": [
+        *("--steps", "2", "--mnist-steps", "1", "--mnist-batch", "4", "--warmup", "1"),
+        *("--cat-steps", "1", "--cat-batch", "4"),
+    ],
     "mnist_experts.py": ["--limit", "200", "--epochs", "1"],
     "table1_dvmoe.py": [
         *("--epochs", "1", "--seeds", "1", "--n", "100", "--batch-size", "20", "--dims", "2"),
