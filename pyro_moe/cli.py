@@ -17,7 +17,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pyro_moe.errors import ConfigError, PyroMoeError, TrainingInterrupted
 
@@ -162,8 +162,16 @@ def _add_reliability_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line naming the problem, with exit status 2 (no usage
+    dump); its subcommands' parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyro-moe", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="pyro-moe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list models, guides, estimators and data sets")
     _add_train_parser(sub)

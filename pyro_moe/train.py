@@ -127,8 +127,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """The config of a dict of options (e.g. config.json's ``train``); an unknown key is an
+        :class:`UnknownNameError`, not silently dropped."""
+        return cls.from_options(**d)
 
     @classmethod
     def from_options(cls, **options: Any) -> TrainConfig:
