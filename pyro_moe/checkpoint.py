@@ -416,8 +416,10 @@ def training_state(
     estimator: nn.Module,
     optimizer: torch.optim.Optimizer,
     train_state: dict[str, Any],
+    pretrain: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything an exact resume needs, as tensors and plain containers."""
+    """Everything an exact resume needs, as tensors and plain containers (``pretrain``: the
+    record of the model's pretraining step, plain values, kept so a resume does not repeat it)."""
     return {
         "format": 2,
         "model": model.state_dict(),
@@ -427,6 +429,7 @@ def training_state(
         "param_store": param_store_state(),
         "train_state": train_state,
         "rng": rng_state(),
+        "pretrain": pretrain,
     }
 
 
@@ -439,7 +442,8 @@ def restore_training_state(
     train_template: dict[str, Any],
 ) -> dict[str, Any]:
     """Load ``path`` (a :func:`training_state`) into the objects and the global RNGs; returns the
-    stored train-state dict. Every entry is checked before anything is changed."""
+    stored ``train_state`` and ``pretrain`` entries. Every entry is checked before anything is
+    changed."""
     state = load_checkpoint(path, required=TRAINING_KEYS)
     for what, module in (("model", model), ("guide", guide), ("estimator", estimator)):
         check_state_dict(state[what], module, what, path)
@@ -447,13 +451,16 @@ def restore_training_state(
     check_plain_dict(state["train_state"], train_template, "train state", path)
     store = _checked_param_store(state["param_store"], path)
     _checked_rng(state["rng"], path)
+    pretrain = state.get("pretrain")
+    if pretrain is not None and not isinstance(pretrain, dict):
+        raise CheckpointError(f"{path}: the pretrain entry is malformed")
     model.load_state_dict(state["model"])
     guide.load_state_dict(state["guide"])
     estimator.load_state_dict(state["estimator"])
     optimizer.load_state_dict(state["optimizer"])
     pyro.get_param_store().set_state(store)
     set_rng_state(state["rng"], path)
-    return state["train_state"]
+    return {"train_state": state["train_state"], "pretrain": pretrain}
 
 
 def load_best(path: Path, model: nn.Module, guide: nn.Module) -> dict[str, Any]:

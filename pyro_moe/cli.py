@@ -17,7 +17,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pyro_moe.errors import ConfigError, PyroMoeError, TrainingInterrupted
 
@@ -96,14 +96,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE")
     p.add_argument("--estimator-option", action="append", metavar="KEY=VALUE")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    _add_budget_options(p)
     p.add_argument("--guide-lr", type=float, help="learning rate of the guide's networks")
-    p.add_argument("--clip-norm", type=float)
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument(
         "--distributed",
@@ -123,6 +117,36 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_budget_options(p: argparse.ArgumentParser) -> None:
+    """How long and how fast to train, with :class:`~pyro_moe.train.TrainConfig`'s defaults."""
+    from pyro_moe.train import DEFAULT_BATCH_SIZE, TrainConfig
+
+    d = TrainConfig()
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help=f"at most this many epochs (default {d.epochs}); early stopping on the validation "
+        "split usually ends training first",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        help=f"stop when the validation metric has not improved by {d.min_delta:g} for this many "
+        f"epochs (default {d.patience}); the best validation epoch's parameters are kept",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"rows per step (default {DEFAULT_BATCH_SIZE}, or every training row if fewer)",
+    )
+    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr:g})")
+    p.add_argument("--clip-norm", type=float, help=f"gradient-norm clip (default {d.clip_norm:g})")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (default: no limit)")
+    p.add_argument(
+        "--seed", type=int, help=f"seed of the run and its pretraining (default {d.seed})"
+    )
+
+
 def _add_reliability_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint-every",
@@ -138,8 +162,16 @@ def _add_reliability_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line naming the problem, with exit status 2 (no usage
+    dump); its subcommands' parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyro-moe", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="pyro-moe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list models, guides, estimators and data sets")
     _add_train_parser(sub)

@@ -14,7 +14,6 @@ the figures of :mod:`pyro_moe.plots.estimators`.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from pyro_moe.errors import ConfigError
 from pyro_moe.experiment import RunSpec, build, build_estimator, run_experiment
 from pyro_moe.registry import ESTIMATORS, MODELS
 from pyro_moe.runs import RunFolder
+from pyro_moe.tables import write_csv
 from pyro_moe.train import TrainConfig
 
 SUMMARY_COLUMNS = ("final_valid_loss", "train_seconds")
@@ -119,14 +119,8 @@ def _by_epoch(store: list[dict[str, Any]], epochs: int) -> list[list[dict[str, A
 
 
 def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Rows of dicts as CSV (columns: the union of keys, in first-seen order)."""
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    """Rows of dicts as CSV (columns: the union of keys, in first-seen order), atomically."""
+    write_csv(path, rows)
 
 
 def _markdown(spec, guide, config, rows, num_estimates) -> str:

@@ -6,7 +6,10 @@ the minibatch by N / B, so L estimates the full-data negative objective), and ta
 ``L / N`` with the gradient norm clipped. After every epoch it computes validation metrics (the
 discrete objective with the gate summed out exactly, plus the model's own metrics), writes a row
 of ``metrics.csv`` and an atomic checkpoint, and stops early when the monitored metric has not
-improved for ``patience`` epochs.
+improved by ``min_delta`` for ``patience`` epochs. By default early stopping decides when training
+ends (patience 20 epochs, at most 1000 epochs), and the parameters of the best validation epoch
+are kept. A model with a pretraining step (:meth:`~pyro_moe.base.PyroModel.pretrain`) runs it
+first, with the run's seed, and its start is validated as epoch 0.
 
 A checkpoint holds everything an exact resume needs: model, guide and estimator state, Adam's
 state, the non-module entries of Pyro's param store, the loop's counters and early-stopping
@@ -80,7 +83,7 @@ class NonFiniteStepWarning(RuntimeWarning):
 class TrainConfig:
     """Options of :func:`fit` (all checked on construction)."""
 
-    epochs: int = 100
+    epochs: int = 1000  # a cap: early stopping on the validation split usually ends first
     batch_size: int | None = None  # None: 128, or every training row if there are fewer
     lr: float = 1e-2
     guide_lr: float | None = None
@@ -122,8 +125,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """The config of a dict of options (e.g. config.json's ``train``); an unknown key is an
+        :class:`UnknownNameError`, not silently dropped."""
+        return cls.from_options(**d)
 
     @classmethod
     def from_options(cls, **options: Any) -> TrainConfig:
@@ -167,6 +171,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     run_dir: Path | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    pretrained: dict[str, Any] | None = None  # the run's pretraining record (PyroModel.pretrain)
 
     @property
     def stopped_early(self) -> bool:
@@ -288,6 +293,7 @@ class Trainer:
         self.best_params: dict[str, Any] | None = None
         self.callbacks = tuple(callbacks)
         self.stop = StopRequest()  # set by fit's signal handlers
+        self.pretrained: dict[str, Any] | None = None  # the record of the run's pretraining
         self.parallel = parallel or SingleProcess()  # data-parallel hook (pyro_moe.distributed)
         self.parallel.attach(self)
 
@@ -431,8 +437,41 @@ class Trainer:
     # --- checkpoints --------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
         return checkpoint.training_state(
-            self.model, self.guide, self.estimator, self.optimizer, asdict(self.state)
+            self.model,
+            self.guide,
+            self.estimator,
+            self.optimizer,
+            asdict(self.state),
+            pretrain=self.pretrained,
         )
+
+    def pretrain(self) -> None:
+        """The model's pretraining (:meth:`~pyro_moe.base.PyroModel.pretrain`) on the training
+        inputs, the global RNG seeded with the run's seed inside and left as it was outside;
+        its record (with the seed and wall seconds) goes into every checkpoint, and a first
+        checkpoint is written at once so that a resume never pretrains again."""
+        start = time.perf_counter()
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.config.seed)
+            record = self.model.pretrain(self.data.train.x, self.config.seed)
+        if record is None:
+            return
+        seconds = time.perf_counter() - start
+        self.pretrained = {"seed": self.config.seed, "seconds": seconds, **record}
+        self.score_start()
+
+    def score_start(self) -> None:
+        """Validate the pretrained start as epoch 0 (a ``metrics.csv`` row), so early stopping
+        keeps it when training does not improve on it, and write the first checkpoint."""
+        metrics = self.validate()
+        self.update_early_stopping(metrics)
+        self.history.append(
+            {"step": 0, "epoch": 0, "wall_seconds": 0.0, "train_loss": math.nan, **metrics}
+        )
+        if self.run:
+            self.run.write_metrics(self.history)
+        self.save()
 
     def save(self) -> None:
         if self.run:
@@ -451,7 +490,8 @@ class Trainer:
             self.optimizer,
             asdict(TrainState()),
         )
-        self.state = TrainState(**{**stored, "stop_reason": ""})
+        self.state = TrainState(**{**stored["train_state"], "stop_reason": ""})
+        self.pretrained = stored["pretrain"]
         self._check_batch_size()
         self.state.batch_size = self.batch_size
         if self.run.best.is_file():
@@ -608,15 +648,24 @@ def fit(
     trainer = Trainer(model, guide, estimator, data, config, run, callbacks, parallel)
     if resume:
         trainer.restore()
-    elif run:
-        run.check_fresh()
-        run.write_json(
-            run.config, {**(run_info or {}), "train": asdict(config), "versions": versions()}
-        )
+    else:
+        if run:
+            run.check_fresh()
+            run.write_json(
+                run.config, {**(run_info or {}), "train": asdict(config), "versions": versions()}
+            )
+        trainer.pretrain()
     with stop_on_signals() as trainer.stop:
         trainer.run_loop()
     if config.restore_best:
         trainer.restore_best()
     return FitResult(
-        model, guide, estimator, config, trainer.state, trainer.history, run.path if run else None
+        model,
+        guide,
+        estimator,
+        config,
+        trainer.state,
+        trainer.history,
+        run.path if run else None,
+        pretrained=trainer.pretrained,
     )

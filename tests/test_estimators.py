@@ -18,8 +18,8 @@ from pyro import poutine
 
 import pyro_moe.estimators  # noqa: F401
 from pyro_moe import variance
-from pyro_moe.estimators import objectives
 from pyro_moe.errors import ConfigError
+from pyro_moe.estimators import objectives
 from pyro_moe.estimators.relaxed import RelaxedGate
 from pyro_moe.estimators.sampled import run_traces
 from pyro_moe.estimators.temperature import Temperature

@@ -5,11 +5,12 @@
 
 per data point, grad~ f being f's gradient without the zero-mean term -grad log q(c) (the form of
 ``reinforce`` and ``rloo``; ``zero_mean_term=True`` keeps it, see
-:func:`~pyro_moe.estimators.sampled.score_surrogate`). ``b_psi`` is a small MLP on the model's inputs (and targets, where the model has
-them), built when the estimator is checked against a guide. It never sees c, so the estimate stays
-unbiased for any psi; a good psi removes most of the variance. The baseline regresses the unscaled
-per-point signal, so it serves minibatches of any size. (Mnih & Gregor also centre and rescale the
-signal by running moments; here the network's bias absorbs the centring.)
+:func:`~pyro_moe.estimators.sampled.score_surrogate`). ``b_psi`` is a small MLP on the model's
+inputs (and targets, where the model has them), built when the estimator is checked against a
+guide. It never sees c, so the estimate stays unbiased for any psi; a good psi removes most of the
+variance. The baseline regresses the unscaled per-point signal, so it serves minibatches of any
+size. (Mnih & Gregor also centre and rescale the signal by running moments; here the network's
+bias absorbs the centring.)
 
 References:
     1. A. Mnih, K. Gregor, "Neural Variational Inference and Learning in Belief Networks",
