@@ -25,10 +25,10 @@ import torch
 import pyro_moe.estimators  # noqa: F401  (fills ESTIMATORS)
 import pyro_moe.guides  # noqa: F401  (fills GUIDES)
 import pyro_moe.models  # noqa: F401  (fills MODELS)
+from pyro_moe import checkpoint
 from pyro_moe.base import PyroGuide, PyroModel
-from pyro_moe.checkpoint import load_checkpoint
 from pyro_moe.data import Dataset, load_dataset
-from pyro_moe.errors import CheckpointError, ConfigError, PyroMoeError, UnknownNameError
+from pyro_moe.errors import ConfigError, PyroMoeError, UnknownNameError
 from pyro_moe.estimators.base import Estimator
 from pyro_moe.metrics import split_metrics
 from pyro_moe.registry import ESTIMATORS, GUIDES, MODELS
@@ -150,12 +150,9 @@ def load_run(
     spec = stored_spec(run.read_config())
     data, model, guide, _ = build(spec, data)
     path = run.best if which == "best" and run.best.is_file() else run.checkpoint
-    state = load_checkpoint(path, required=("model", "guide"))
-    try:
-        model.load_state_dict(state["model"])
-        guide.load_state_dict(state["guide"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path} does not match the run's config.json: {e}") from None
+    state = checkpoint.load_best(path, model, guide)
+    model.load_state_dict(state["model"])
+    guide.load_state_dict(state["guide"])
     return model, guide, data
 
 
