@@ -4,14 +4,18 @@
 """
 
 from pyro_moe.estimators import (  # noqa: F401  (register the estimators)
+    arsm,
     concrete,
     enum,
     gumbel,
     gumbel_rao,
+    indecater,
     nvil,
     question,
     reinforce,
     rloo,
+    sum_and_sample,
+    unordered,
     vimco,
 )
 from pyro_moe.estimators.base import Estimator, value_with_gradient_of
