@@ -42,6 +42,7 @@ References:
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -119,8 +120,10 @@ def _check_positive(name: str, value: float) -> float:
 
 @ESTIMATORS.register("rebar")
 class Rebar(SampledEstimator):
-    """Score function with the concrete relaxation as control variate, eta and lambda tuned to
-    minimise the variance by the estimator's own optimiser (Tucker et al. 2017)."""
+    """Score function, concrete relaxation as control variate, tuned online (Tucker et al. 2017).
+
+    The scale eta and temperature lambda follow the variance gradient with the estimator's own
+    optimiser (see the module docstring)."""
 
     name = "rebar"
     uses_score = False
@@ -228,7 +231,9 @@ class Rebar(SampledEstimator):
         self._pending = None
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"optimizer": None if self.optimizer is None else self.optimizer.state_dict()}
+        # a copy: the optimiser's state dict holds its live moment tensors
+        optimizer = None if self.optimizer is None else copy.deepcopy(self.optimizer.state_dict())
+        return {"optimizer": optimizer}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         if state.get("optimizer") is not None:

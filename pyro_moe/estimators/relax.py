@@ -34,8 +34,9 @@ from pyro_moe.registry import ESTIMATORS
 
 @ESTIMATORS.register("relax")
 class Relax(Rebar):
-    """REBAR's relaxation plus a learned network r_rho(z) as control variate, trained by its own
-    optimiser to minimise the gradient variance (Grathwohl et al. 2018)."""
+    """REBAR's control variate plus a learned network r_rho(z) (Grathwohl et al. 2018).
+
+    eta, lambda and rho follow the variance gradient with the estimator's own optimiser."""
 
     name = "relax"
 
