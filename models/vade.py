@@ -122,7 +122,6 @@ class VaDE(MixturePrior, VAE):
         activation: str = "relu",
         min_scale: float = 1e-3,
         pretrain_epochs: int = 0,
-        **extra: Any,
     ) -> None:
         k = check_num_components(num_components)
         check_int("pretrain_epochs", pretrain_epochs, minimum=0)
@@ -135,9 +134,6 @@ class VaDE(MixturePrior, VAE):
             likelihood=likelihood,
             activation=activation,
             min_scale=min_scale,
-            num_components=num_components,
-            pretrain_epochs=pretrain_epochs,
-            **extra,
         )
         self.num_components, self.pretrain_epochs = k, pretrain_epochs
         self.init_mixture_prior(torch.randn(k, latent_dim), torch.zeros(k, latent_dim))

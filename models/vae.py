@@ -91,7 +91,6 @@ class VAE(PyroModel):
         likelihood: str = "gaussian",
         activation: str = "relu",
         min_scale: float = 1e-3,
-        **extra: Any,
     ) -> None:
         sizes = parse_sizes(hidden)
         super().__init__()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -38,18 +37,17 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyro
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pyro_moe import checkpoint
 from pyro_moe.base import PyroGuide, PyroModel
-from pyro_moe.checkpoint import load_checkpoint, save_checkpoint
+from pyro_moe.checkpoint import save_checkpoint
 from pyro_moe.data.base import Dataset, Split
 from pyro_moe.distributed import SingleProcess, process_group
 from pyro_moe.errors import (
-    CheckpointError,
     ConfigError,
     DataError,
     NonFiniteError,
@@ -127,8 +125,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """The config of a dict of options (e.g. config.json's ``train``); an unknown key is an
+        :class:`UnknownNameError`, not silently dropped."""
+        return cls.from_options(**d)
 
     @classmethod
     def from_options(cls, **options: Any) -> TrainConfig:
@@ -157,6 +156,7 @@ class TrainState:
     best_epoch: int = 0
     bad_epochs: int = 0
     stop_reason: str = ""
+    batch_size: int = 0  # the batch size the position ``batch`` counts in (0: not recorded)
 
 
 @dataclass
@@ -230,30 +230,6 @@ def _param_names(**modules: nn.Module) -> dict[int, str]:
     }
 
 
-def _rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def _param_store_extras() -> dict[str, Any]:
-    """Pyro param store entries that are not module parameters (e.g. baseline averages)."""
-    state = pyro.get_param_store().get_state()
-    keep = [k for k in state["params"] if "$$$" not in k]
-    return {
-        "params": {k: state["params"][k] for k in keep},
-        "constraints": {k: state["constraints"][k] for k in keep},
-    }
-
-
 def check_compatible(
     model: PyroModel, guide: PyroGuide, estimator: Estimator, data: Dataset, config: TrainConfig
 ) -> None:
@@ -312,7 +288,7 @@ class Trainer:
         self.validator = validation_objective(model)
         self.monitor = config.monitor or model.monitor
         self.batch_size = config.batch_size or min(DEFAULT_BATCH_SIZE, len(data.train))
-        self.state = TrainState()
+        self.state = TrainState(batch_size=self.batch_size)
         self.history: list[dict[str, Any]] = []
         self.best_params: dict[str, Any] | None = None
         self.callbacks = tuple(callbacks)
@@ -460,17 +436,14 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
-        return {
-            "format": 1,
-            "model": self.model.state_dict(),
-            "guide": self.guide.state_dict(),
-            "estimator": self.estimator.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "param_store": _param_store_extras(),
-            "train_state": asdict(self.state),
-            "rng": _rng_state(),
-            "pretrain": self.pretrained,
-        }
+        return checkpoint.training_state(
+            self.model,
+            self.guide,
+            self.estimator,
+            self.optimizer,
+            asdict(self.state),
+            pretrain=self.pretrained,
+        )
 
     def pretrain(self) -> None:
         """The model's pretraining (:meth:`~pyro_moe.base.PyroModel.pretrain`) on the training
@@ -509,37 +482,33 @@ class Trainer:
         if self.run is None:
             raise ConfigError("resume needs a run folder")
         self.run.remove_temporaries()
-        state = load_checkpoint(
+        stored = checkpoint.restore_training_state(
             self.run.checkpoint,
-            required=(
-                "model",
-                "guide",
-                "estimator",
-                "optimizer",
-                "param_store",
-                "train_state",
-                "rng",
-            ),
+            self.model,
+            self.guide,
+            self.estimator,
+            self.optimizer,
+            asdict(TrainState()),
         )
-        try:
-            self.model.load_state_dict(state["model"])
-            self.guide.load_state_dict(state["guide"])
-            self.estimator.load_state_dict(state["estimator"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(
-                f"checkpoint {self.run.checkpoint} was written for a different "
-                f"model, guide or estimator: {e}"
-            ) from None
-        pyro.get_param_store().set_state(state["param_store"])
-        self.state = TrainState(**{**state["train_state"], "stop_reason": ""})
-        self.pretrained = state.get("pretrain")
-        _set_rng_state(state["rng"])
+        self.state = TrainState(**{**stored["train_state"], "stop_reason": ""})
+        self.pretrained = stored["pretrain"]
+        self._check_batch_size()
+        self.state.batch_size = self.batch_size
         if self.run.best.is_file():
-            best = load_checkpoint(self.run.best, required=("model", "guide"))
-            self.best_params = {"model": best["model"], "guide": best["guide"]}
+            self.best_params = checkpoint.load_best(self.run.best, self.model, self.guide)
         self.history = [r for r in self.run.read_metrics() if r.get("step", 0) <= self.state.step]
         self.run.write_metrics(self.history)
+
+    def _check_batch_size(self) -> None:
+        """A new batch size may start at an epoch boundary; in the middle of an epoch the saved
+        position counts batches of the old size, so a different size is refused."""
+        old = self.state.batch_size
+        if self.state.batch and old and old != self.batch_size:
+            raise ConfigError(
+                f"{self.run.checkpoint} stopped in the middle of epoch {self.state.epoch + 1} "
+                f"(batch {self.state.batch} of {len(self.data.train) // old} at batch size {old}); "
+                f"resume with --batch-size {old}, or change the batch size at an epoch boundary"
+            )
 
     # --- the loop -----------------------------------------------------------------------------
     def total_steps(self) -> int:
