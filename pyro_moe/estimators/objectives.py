@@ -127,6 +127,13 @@ def joint_assignments(trace, names: Sequence[str], nesting: int) -> dict[str, to
     shapes = {n: _cells(trace.nodes[n]) for n in names}
     digits = [(n, shapes[n][1]) for n in names for _ in range(math.prod(shapes[n][0]))]
     total = math.prod(k for _, k in digits)
+    points = trace.nodes[names[0]]["value"].shape[-1]
+    if total * points > MAX_TERMS:
+        sizes = " x ".join(f"{k}" for _, k in digits)
+        raise NotEnumerable(
+            f"{sizes} = {total:.3g} joint assignments per point x {points} points is too many "
+            f"to sum (more than {MAX_TERMS:,} terms)"
+        )
     index = torch.arange(total)
     values: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     for name, k in digits:  # mixed radix: the first cell varies slowest
@@ -148,9 +155,7 @@ def assignment_table(
     data plate's name)."""
     trace, names = _probe(guide, args, kwargs, nesting, sites, plate)
     values = joint_assignments(trace, names, nesting)
-    a, n = next(iter(values.values())).shape[0], trace.nodes[names[0]]["value"].shape[-1]
-    if a * n > MAX_TERMS:
-        raise NotEnumerable(f"{a} joint assignments per point x {n} points is too many to sum")
+    a = next(iter(values.values())).shape[0]
     model_trace, guide_trace = run_traces(
         model, PutValues(values)(guide), args, kwargs, a, 1, nesting
     )
