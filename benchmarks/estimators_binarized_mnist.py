@@ -1,31 +1,69 @@
-"""Categorical VAE on binarized MNIST, one run per gradient estimator on the same budget.
+"""Categorical VAE on binarized MNIST: every applicable gradient estimator at the protocol of Jang
+et al. (2017, Sec. 4.2, Table 1).
 
-The standard comparison of Jang et al. (2017, Sec. 4.2, Table 1): 20 categorical latents x 10
-classes, a 784-512-256 encoder and the mirrored 256-512-784 Bernoulli decoder, Adam, batch 100,
-the same number of epochs and the same seed for every estimator. Reported: test -ELBO per image
-(Monte Carlo over ``--test-particles`` guide samples), wall time, beside the published -ELBO.
+Protocol (the defaults): 20 categorical latents x 10 classes, a 784-512-256 encoder and the mirrored
+256-512-784 Bernoulli decoder (ReLU); all 50,000 training rows, batch 100, 100 epochs (50,000
+Adam steps, lr 1e-3, no gradient clipping) per estimator; validation after every epoch on the
+10,000 validation rows (a Monte Carlo ELBO with ``--valid-samples`` guide samples per image,
+recorded with the training wall-clock time); the parameters of the best validation epoch are
+scored on the 10,000 test images with S = ``--test-samples`` (1,000) guide samples c_s ~ q(c|x)
+per image, f_s = log p(x, c_s) - log q(c_s|x):
 
-    python benchmarks/estimators_binarized_mnist.py --epochs 3            # the committed run
-    python benchmarks/estimators_binarized_mnist.py --limit 200 --epochs 1  # smoke run
+    -ELBO = -(1/S) sum_s f_s,        -L_S = -log (1/S) sum_s exp f_s   (Burda et al. 2016)
 
-Relaxed estimators anneal tau = max(0.5, exp(-r t)) with r = --anneal-rate (Jang et al.: the same
-form, r in {1e-5, 1e-4}). Results are written after every estimator, so a run cut short still
-records what it measured.
+both the discrete objective, whatever the estimator trained on. Estimators with a temperature
+anneal tau_t = max(0.5, exp(-r t)) with r = ``--anneal-rate`` (1e-4), updated after every step
+(Jang et al. update it every N in {500, 1000} steps with r in {1e-5, 1e-4}; with N = 1 the curve
+is the same without the staircase, tau reaching 0.5 at step 6,932). Every estimator in the
+registry runs unless its :meth:`~pyro_moe.estimators.base.Estimator.check` refuses the model (an
+estimator declares what it cannot train that way); then the ``--best`` (4) best by test -ELBO run
+again with the seeds ``--more-seeds`` (1, 2) for a mean and spread.
+
+Each (estimator, seed) trains in its own run folder (``--runs``; checkpointed, so a cut run
+resumes where it stopped) and writes its own result file ``OUT/estimators_binarized_mnist/
+ESTIMATOR_seedK.json`` when it finishes: the test bounds, the validation curve with wall time,
+and the machine facts measured around it (CPU count, load average at start and end, threads).
+``--assemble`` builds the table and the figure from whatever result files exist, on any machine.
+
+    python benchmarks/estimators_binarized_mnist.py --jobs 2        # the protocol, 1 thread / job
+    python benchmarks/estimators_binarized_mnist.py --assemble      # table + figure from the files
+    python benchmarks/estimators_binarized_mnist.py --limit 200 --epochs 1 --test-samples 10
+
+References:
+    1. E. Jang, S. Gu, B. Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
+    2. Y. Burda, R. Grosse, R. Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
+import math
+import multiprocessing
+import os
+import statistics
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from pyro_moe.benchmarking import fixed_budget, markdown_table, write_results
+from pyro_moe.benchmarking import RESULTS, command_line, fixed_budget, markdown_table
+from pyro_moe.checkpoint import atomic_write_json, atomic_write_text
 from pyro_moe.data import Split, load_dataset
-from pyro_moe.experiment import RunSpec, build
+from pyro_moe.errors import ConfigError, PyroMoeError
+from pyro_moe.estimators.sampled import point_costs, run_traces
+from pyro_moe.experiment import RunSpec, build, build_estimator, build_model
+from pyro_moe.registry import ESTIMATORS, GUIDES
+from pyro_moe.runs import RunFolder, versions
 from pyro_moe.train import fit
 
+NAME = "estimators_binarized_mnist"
+ROOT = Path(__file__).resolve().parent.parent
 #: Jang et al. 2017, Table 1, -ELBO of the categorical VAE on binarized MNIST (their names)
 PUBLISHED = {
     "SF (score function)": 110.6,
@@ -36,16 +74,368 @@ PUBLISHED = {
     "Gumbel-Softmax": 101.5,
     "ST Gumbel-Softmax": 107.8,
 }
-#: our estimator -> the published row it corresponds to
+#: our estimator -> the published row it is held to (the score-function family to SF)
 MATCH = {
     "reinforce": "SF (score function)",
+    "reinforce-avg": "SF (score function)",
+    "nvil": "SF (score function)",
+    "rloo": "SF (score function)",
+    "vimco": "SF (score function)",
     "gumbel": "Gumbel-Softmax",
     "st-gumbel": "ST Gumbel-Softmax",
 }
-RELAXED = ("gumbel", "st-gumbel", "gumbel-rao", "concrete", "question")
-DEFAULT = "reinforce,nvil,rloo,vimco,gumbel,st-gumbel,gumbel-rao,concrete"
 
 
+# --- which estimators, built how -------------------------------------------------------------
+def schedule_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Jang et al.'s annealing for an estimator whose constructor takes a temperature schedule."""
+    wanted = {"temperature": 1.0, "schedule": "exp", "rate": args.anneal_rate, "tau_min": 0.5}
+    accepted = inspect.signature(ESTIMATORS[name]).parameters
+    return {k: v for k, v in wanted.items() if k in accepted} if "schedule" in accepted else {}
+
+
+def refusal(name: str, model, guide, args: argparse.Namespace) -> str | None:
+    """Why estimator ``name`` cannot train the categorical VAE (None: it can)."""
+    try:
+        build_estimator(name, model, **schedule_options(name, args)).check(guide)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+def chosen_estimators(args: argparse.Namespace, data) -> list[str]:
+    """``--estimators`` (``all``: every registered estimator that accepts the model), checked."""
+    model = build_model("cat-vae", data)
+    guide = GUIDES[model.default_guide](model)
+    if args.estimators == "all":
+        return [n for n in ESTIMATORS.names() if refusal(n, model, guide, args) is None]
+    names = [n.strip() for n in args.estimators.split(",") if n.strip()]
+    for name in names:
+        ESTIMATORS[name]  # an unknown name raises, listing the known ones
+        reason = refusal(name, model, guide, args)
+        if reason:
+            raise ConfigError(f"estimator {name!r} does not apply here: {reason}")
+    return names
+
+
+# --- one (estimator, seed) --------------------------------------------------------------------
+def protocol(args: argparse.Namespace, data) -> dict[str, Any]:
+    """What a result depends on; a run folder or result file from another protocol is refused."""
+    return {
+        "train_rows": len(data.train),
+        "valid_rows": len(data.valid),
+        "test_rows": len(data.test),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "anneal_rate": args.anneal_rate,
+        "tau_min": 0.5,
+        "tau_update_every": 1,
+        "valid_samples": args.valid_samples,
+        "test_samples": args.test_samples,
+    }
+
+
+def result_path(out: Path, name: str, seed: int) -> Path:
+    return out / NAME / f"{name}_seed{seed}.json"
+
+
+def machine_facts() -> dict[str, Any]:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpus": cpus,
+        "torch_threads": torch.get_num_threads(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def test_bounds(model, guide, x: torch.Tensor, samples: int) -> tuple[float, float]:
+    """(-ELBO, -L_S) per image averaged over ``x`` (module docstring), S = ``samples``."""
+    chunk = max(1, 20_000 // samples)  # keeps the decoder's activations near 100 MB
+    elbo = iw = 0.0
+    with torch.no_grad():
+        for start in range(0, len(x), chunk):
+            batch = (x[start : start + chunk],)
+            traces = run_traces(model.model, guide, batch, {}, 1, samples, model.max_plate_nesting)
+            f = point_costs(*traces, model.max_plate_nesting, score=False).f[0]  # [S, N]
+            elbo += f.mean(0).sum().item()
+            iw += (f.logsumexp(0) - math.log(samples)).sum().item()
+    return -elbo / len(x), -iw / len(x)
+
+
+def tau_of(trainer) -> dict[str, float]:
+    """The estimator's temperature at the end of the epoch, where it has one."""
+    temperature = getattr(trainer.estimator, "temperature", None)
+    return {"tau": float(temperature())} if callable(temperature) else {}
+
+
+def check_run_folder(run: RunFolder, expected: dict[str, Any]) -> bool:
+    """Whether ``run`` holds a checkpoint to resume; raise if it was started differently."""
+    if not run.has_checkpoint():
+        run.clear()
+        return False
+    stored = run.read_config().get("protocol")
+    if stored != expected:
+        raise ConfigError(
+            f"{run.path} holds a run of another protocol ({stored}); remove it or choose --runs"
+        )
+    return True
+
+
+def train_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or resume) one estimator with one seed, score it, write its result file."""
+    torch.set_num_threads(args.threads)
+    start_facts = machine_facts()
+    data = load_data(args)
+    expected = protocol(args, data)
+    options = schedule_options(name, args)
+    spec = RunSpec(
+        model="cat-vae",
+        data="binarized-mnist",
+        estimator=name,
+        estimator_options=options,
+        model_options={"validation_particles": args.valid_samples},
+        seed=seed,
+    )
+    _, model, guide, estimator = build(spec, data)
+    run = RunFolder(Path(args.runs) / f"{name}_seed{seed}")
+    resume = check_run_folder(run, expected)
+    config = fixed_budget(
+        args.epochs,
+        args.batch_size,
+        args.lr,
+        seed,
+        clip_norm=None,
+        checkpoint_every=args.checkpoint_every,
+        max_nonfinite_skips=args.max_nonfinite_skips,
+    )
+    info = {"model": "cat-vae", "estimator": name, "seed": seed, "protocol": expected}
+    result = fit(model, guide, estimator, data, config, run.path, resume, info, [tau_of])
+    eval_start = time.perf_counter()
+    neg_elbo, neg_iw = test_bounds(model, guide, data.test.x, args.test_samples)
+    record = {
+        "estimator": name,
+        "seed": seed,
+        "estimator_repr": repr(estimator),
+        "estimator_options": options,
+        "unbiased_for": estimator.unbiased_for,
+        "test_neg_elbo": neg_elbo,
+        "test_neg_iw_bound": neg_iw,
+        "best_epoch": result.state.best_epoch,
+        "steps": result.state.step,
+        "nonfinite_skips": result.state.nonfinite_skips,
+        "train_seconds": round(result.state.wall_seconds, 1),
+        "test_seconds": round(time.perf_counter() - eval_start, 1),
+        "curve": [
+            {k: r[k] for k in ("step", "epoch", "wall_seconds", "valid_loss", "tau") if k in r}
+            for r in result.history
+        ],
+        "protocol": expected,
+        "machine": {"start": start_facts, "end": machine_facts(), "jobs": args.jobs},
+        "versions": versions(),
+        "command": command_line(),
+    }
+    path = result_path(Path(args.out), name, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, record)
+    return record
+
+
+def _one_thread(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_tasks(tasks: list[tuple[str, int]], args: argparse.Namespace) -> list[str]:
+    """Train every (estimator, seed) in ``tasks`` (``--jobs`` processes); returns the failures."""
+    failures = []
+
+    def report(name: str, seed: int, outcome: Any) -> None:
+        if isinstance(outcome, BaseException):
+            failures.append(f"{name} seed {seed}: {outcome}")
+            print(f"{name:14s} seed {seed} FAILED: {outcome}", flush=True)
+        else:
+            print(
+                f"{name:14s} seed {seed} test -ELBO {outcome['test_neg_elbo']:.2f} "
+                f"-L_{args.test_samples} {outcome['test_neg_iw_bound']:.2f} "
+                f"({outcome['train_seconds']:.0f} s)",
+                flush=True,
+            )
+
+    if args.jobs == 1:
+        for name, seed in tasks:
+            try:
+                report(name, seed, train_one(name, seed, args))
+            except PyroMoeError as e:
+                report(name, seed, e)
+        return failures
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, context, _one_thread, (args.threads,)) as pool:
+        futures = {pool.submit(train_one, n, s, args): (n, s) for n, s in tasks}
+        for future, (name, seed) in futures.items():
+            try:
+                report(name, seed, future.result())
+            except PyroMoeError as e:
+                report(name, seed, e)
+    return failures
+
+
+def pending(names: list[str], seeds: list[int], args, expected) -> list[tuple[str, int]]:
+    """The (estimator, seed) pairs without a result file of this protocol."""
+    todo = []
+    for name in names:
+        for seed in seeds:
+            path = result_path(Path(args.out), name, seed)
+            if not path.is_file():
+                todo.append((name, seed))
+            elif read_result(path)["protocol"] != expected:
+                raise ConfigError(f"{path} was measured with another protocol; move it away")
+    return todo
+
+
+def main(args: argparse.Namespace) -> int:
+    check_args(args)
+    if args.assemble:
+        assemble(Path(args.out))
+        return 0
+    data = load_data(args)
+    names = chosen_estimators(args, data)
+    expected = protocol(args, data)
+    print(f"{len(names)} estimators: {', '.join(names)}", flush=True)
+    failures = run_tasks(pending(names, [args.seed], args, expected), args)
+    if args.best and not failures:
+        scores = {n: read_result(result_path(Path(args.out), n, args.seed)) for n in names}
+        best = sorted(names, key=lambda n: scores[n]["test_neg_elbo"])[: args.best]
+        failures += run_tasks(pending(best, args.more_seeds, args, expected), args)
+    assemble(Path(args.out))
+    for failure in failures:
+        print(f"failed: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+# --- the table, from the result files alone -------------------------------------------------
+def read_result(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is not a readable result file: {e}") from None
+    missing = {"estimator", "seed", "test_neg_elbo", "protocol", "curve"} - set(record)
+    if missing:
+        raise ConfigError(f"{path} is not a result file (no {', '.join(sorted(missing))})")
+    return record
+
+
+def spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table_row(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One estimator's row: test bounds as mean ± standard deviation over its seeds."""
+    first = records[0]
+    published = MATCH.get(first["estimator"])
+    loads = [r["machine"]["start"]["load_average"][0] for r in records]
+    loads += [r["machine"]["end"]["load_average"][0] for r in records]
+    return {
+        "estimator": first["estimator"],
+        "seeds": ",".join(str(r["seed"]) for r in records),
+        "-ELBO": spread([r["test_neg_elbo"] for r in records]),
+        "-IW bound": spread([r["test_neg_iw_bound"] for r in records]),
+        "published row": published or "-",
+        "published -ELBO": PUBLISHED[published] if published else "-",
+        "steps": first["steps"],
+        "train s": spread([r["train_seconds"] for r in records]),
+        "load (1-min, start..end)": f"{min(loads):.1f}..{max(loads):.1f}",
+        "threads x jobs": f"{first['machine']['start']['torch_threads']} x "
+        f"{first['machine']['jobs']}",
+        "mean": statistics.mean(r["test_neg_elbo"] for r in records),
+    }
+
+
+def describe(records: list[dict[str, Any]]) -> str:
+    p = records[0]["protocol"]
+    cpus = sorted({r["machine"]["start"]["cpus"] for r in records})
+    mixed = len({json.dumps(r["protocol"], sort_keys=True) for r in records}) > 1
+    return (
+        "Categorical VAE (20 x 10 categorical latents, 784-512-256 encoder, mirrored Bernoulli "
+        f"decoder, ReLU) on binarized MNIST: {p['train_rows']} training rows, {p['epochs']} "
+        f"epochs of batch {p['batch_size']} per estimator, Adam lr {p['lr']}, no gradient "
+        f"clipping; temperatures tau = max({p['tau_min']}, exp(-{p['anneal_rate']} t)) updated "
+        f"every {p['tau_update_every']} step(s); validation on {p['valid_rows']} rows "
+        f"({p['valid_samples']}-sample ELBO) after every epoch; the best validation epoch's "
+        f"parameters scored on {p['test_rows']} test images with {p['test_samples']} guide "
+        "samples each: -ELBO (the discrete objective, whatever the estimator trains on) and the "
+        f"{p['test_samples']}-sample importance-weighted bound -L_S, nats per image, mean ± "
+        "standard deviation over seeds (lower is better).\n\n"
+        f"Machine facts as measured by each run: {'/'.join(map(str, cpus))} CPU(s); the load "
+        "column is the 1-minute load average at the start and end of the estimators' runs. "
+        "Wall times are comparable only between rows whose load stayed below the CPU count.\n\n"
+        + ("Result files from more than one protocol are mixed in this table.\n\n" if mixed else "")
+    )
+
+
+def assemble(out: Path) -> None:
+    """Write ``OUT/NAME.md``, ``.json`` and ``.png`` from the result files in ``OUT/NAME/``."""
+    files = sorted((out / NAME).glob("*_seed*.json"))
+    records = [read_result(f) for f in files]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(records, key=lambda r: r["seed"]):
+        groups.setdefault(r["estimator"], []).append(r)
+    rows = sorted((table_row(g) for g in groups.values()), key=lambda r: r["mean"])
+    columns = [c for c in (rows[0] if rows else {}) if c != "mean"]
+    published = markdown_table(
+        [{"estimator": k, "-ELBO": v} for k, v in PUBLISHED.items()], ["estimator", "-ELBO"]
+    )
+    text = (
+        (describe(records) + markdown_table(rows, columns) if rows else "No result files yet.")
+        + f"\n\n![test -ELBO against wall-clock seconds]({NAME}.png)\n\n"
+        + "Published (Jang et al. 2017, Table 1, -ELBO):\n\n"
+        + published
+    )
+    command = command_line([sys.argv[0], "--assemble", "--out", str(out)])
+    atomic_write_text(
+        out / f"{NAME}.md",
+        f"Assembled with `{command}` from {len(files)} result file(s) in {NAME}/.\n\n{text}\n",
+    )
+    summary = {"rows": rows, "published": PUBLISHED, "files": [f.name for f in files]}
+    atomic_write_json(out / f"{NAME}.json", {"command": command, "results": summary})
+    plot_curves(groups, out / f"{NAME}.png")
+
+
+def plot_curves(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Validation -ELBO against training wall-clock seconds (one line per estimator and seed),
+    and each run's test -ELBO as a marker at its training time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, records) in enumerate(sorted(groups.items())):
+        colour = f"C{i % 10}"
+        for j, r in enumerate(records):
+            points = [(c["wall_seconds"], c["valid_loss"]) for c in r["curve"]]
+            if points:
+                ax.plot(
+                    *zip(*points, strict=True),
+                    color=colour,
+                    lw=1,
+                    alpha=0.9 if j == 0 else 0.4,
+                    label=name if j == 0 else None,
+                )
+            ax.plot(r["train_seconds"], r["test_neg_elbo"], "o", color=colour, ms=4)
+    ax.set_xlabel("training wall-clock seconds")
+    ax.set_ylabel("-ELBO per image (lines: validation, dots: test)")
+    if groups:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# --- data and arguments -----------------------------------------------------------------------
 def _head(split: Split, n: int | None) -> Split:
     if n is None or n >= len(split):
         return split
@@ -56,103 +446,59 @@ def _head(split: Split, n: int | None) -> Split:
     )
 
 
-def run_one(name: str, data, args) -> dict:
-    options = {"temperature": 1.0, "schedule": "exp", "rate": args.anneal_rate, "tau_min": 0.5}
-    spec = RunSpec(
-        model="cat-vae",
-        data="binarized-mnist",
-        estimator=name,
-        estimator_options=options if name in RELAXED else {},
-        model_options={"validation_particles": 2},
-        seed=args.seed,
-    )
-    _, model, guide, estimator = build(spec, data)
-    config = fixed_budget(args.epochs, 100, args.lr, args.seed, clip_norm=None)
-    start = time.perf_counter()
-    result = fit(model, guide, estimator, data, config)
-    train_seconds = time.perf_counter() - start
-    model.validation_particles = args.test_particles
-    with torch.no_grad():
-        test = sum(
-            model.evaluate(data.test.x[i : i + 1000], None)["neg_elbo"]
-            * len(data.test.x[i : i + 1000])
-            for i in range(0, len(data.test), 1000)
-        ) / len(data.test)
-    published = MATCH.get(name)
-    return {
-        "estimator": name,
-        "test_neg_elbo": test,
-        "best_valid_loss": min(r["valid_loss"] for r in result.history),
-        "published_row": published or "-",
-        "published_neg_elbo": PUBLISHED[published] if published else None,
-        "steps": result.state.step,
-        "train_seconds": train_seconds,
-    }
-
-
-def main(args: argparse.Namespace) -> None:
-    start = time.perf_counter()
+def load_data(args: argparse.Namespace):
     data = load_dataset("binarized-mnist", limit=args.limit)
-    data = replace(data, valid=_head(data.valid, args.valid_rows))
-    rows = []
-    for name in [n.strip() for n in args.estimators.split(",") if n.strip()]:
-        torch.manual_seed(args.seed)
-        rows.append(run_one(name, data, args))
-        print(f"{name:12s} test -ELBO {rows[-1]['test_neg_elbo']:.2f}", flush=True)
-        write(rows, args, data, time.perf_counter() - start)
+    return replace(data, valid=_head(data.valid, args.valid_rows))
 
 
-def write(rows, args, data, seconds) -> None:
-    order = sorted(rows, key=lambda r: r["test_neg_elbo"])
-    columns = [
-        "estimator",
-        "test_neg_elbo",
-        "best_valid_loss",
-        "published_row",
-        "published_neg_elbo",
-        "steps",
-        "train_seconds",
-    ]
-    note = (
-        f"Categorical VAE (20 x 10 categorical latents, 784-512-256 encoder, mirrored Bernoulli "
-        f"decoder, ReLU) on binarized MNIST: {len(data.train)} training rows, {args.epochs} "
-        f"epoch(s) of batch 100 per estimator, Adam lr {args.lr}, seed {args.seed}, no gradient "
-        f"clipping; relaxed estimators anneal tau = max(0.5, exp(-{args.anneal_rate} t)); "
-        f"validation on the first {len(data.valid)} validation rows (2-sample MC ELBO); test "
-        f"-ELBO per image on {len(data.test)} test images with {args.test_particles} guide "
-        "samples each (lower is better).\n\n"
-        "Protocol difference from Jang et al. 2017: they train far longer (their Fig. 3 runs ~100 "
-        "epochs, annealing over the whole run), so their -ELBO values are much lower than ours "
-        "after this reduced budget; compare the ordering, not the absolute values. Their ST, "
-        "DARN, MuProp and annealed-ST rows have no counterpart here.\n\n"
-        f"Ordering (best first): {' < '.join(r['estimator'] for r in order)}\n\n"
-    )
-    published = "\n\nPublished (Jang et al. 2017, Table 1, -ELBO):\n\n" + markdown_table(
-        [{"estimator": k, "neg_elbo": v} for k, v in PUBLISHED.items()], ["estimator", "neg_elbo"]
-    )
-    write_results(
-        "estimators_binarized_mnist",
-        seed=args.seed,
-        wall_seconds=seconds,
-        results={
-            "rows": {r["estimator"]: r for r in rows},
-            "published": PUBLISHED,
-            "ordering": [r["estimator"] for r in order],
-        },
-        markdown=note + markdown_table(order, columns) + published,
-        out_dir=args.out,
-    )
+def check_args(args: argparse.Namespace) -> None:
+    for name in ("epochs", "batch_size", "jobs", "threads", "valid_samples", "test_samples"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.best < 0 or args.anneal_rate < 0:
+        raise ConfigError("--best and --anneal-rate must be >= 0")
+    if args.runs is None:
+        out = Path(args.out).resolve()
+        args.runs = str(ROOT / "runs" / NAME if out == RESULTS.resolve() else out / "runs")
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers, got {text!r}") from None
+    if any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {text!r}")
+    return seeds
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--estimators", default="all", help="comma-separated names, or all")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--anneal-rate", type=float, default=1e-4, help="r in max(0.5, exp(-r t))")
+    p.add_argument("--limit", type=int, help="first N rows of each split (smoke runs)")
+    p.add_argument("--valid-rows", type=int, help="first N validation rows (default: all)")
+    p.add_argument("--valid-samples", type=int, default=2)
+    p.add_argument("--test-samples", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0, help="the seed every estimator runs with")
+    p.add_argument("--best", type=int, default=4, help="how many estimators get more seeds")
+    p.add_argument("--more-seeds", type=parse_seeds, default=[1, 2])
+    p.add_argument("--jobs", type=int, default=1, help="processes, at most one per core")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints")
+    p.add_argument("--max-nonfinite-skips", type=int, default=10)
+    p.add_argument("--runs", help="run folders (default: runs/NAME, or OUT/runs with --out)")
+    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--assemble", action="store_true", help="only build the table from results")
+    return p
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--estimators", default=DEFAULT)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--limit", type=int, help="first N rows of each split")
-    parser.add_argument("--valid-rows", type=int, default=1000)
-    parser.add_argument("--test-particles", type=int, default=10)
-    parser.add_argument("--anneal-rate", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results")
-    main(parser.parse_args())
+    try:
+        sys.exit(main(parser().parse_args()))
+    except PyroMoeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

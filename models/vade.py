@@ -18,7 +18,9 @@ With ``enum`` the sum over c is done exactly, so the ELBO per point is
 Recipe (paper): pretrain encoder mean and decoder as an autoencoder
 (:meth:`~pyro_moe.models.vae.VAE.pretrain_autoencoder`), then fit a diagonal GMM to the embedded
 data and start the prior (pi, mu, sigma) there (:meth:`VaDE.init_prior_from_gmm`);
-:func:`pretrain_and_init` does both. On MNIST the paper uses 784-500-500-2000-10.
+:func:`pretrain_and_init` does both. On MNIST the paper uses 784-500-500-2000-10. With the option
+``pretrain_epochs > 0`` a run does it as its first step (:meth:`VaDE.pretrain`, the run's seed),
+recorded in the checkpoint and not repeated by a resume.
 
 References:
     1. Z. Jiang, Y. Zheng, H. Tan, B. Tang, H. Zhou, "Variational Deep Embedding: An
@@ -41,7 +43,6 @@ from pyro_moe.models.vae import VAE
 from torch import nn
 
 from pyro_moe.base import check_num_components
-from pyro_moe.errors import ConfigError
 from pyro_moe.gate import select
 from pyro_moe.registry import MODELS
 from pyro_moe.validation import check_int, check_number
@@ -121,13 +122,9 @@ class VaDE(MixturePrior, VAE):
         activation: str = "relu",
         min_scale: float = 1e-3,
         pretrain_epochs: int = 0,
-        **extra: Any,
     ) -> None:
         k = check_num_components(num_components)
-        if isinstance(pretrain_epochs, bool) or not isinstance(pretrain_epochs, int):
-            raise ConfigError(f"pretrain_epochs must be an integer >= 0, got {pretrain_epochs!r}")
-        if pretrain_epochs < 0:
-            raise ConfigError(f"pretrain_epochs must be an integer >= 0, got {pretrain_epochs!r}")
+        check_int("pretrain_epochs", pretrain_epochs, minimum=0)
         super().__init__(
             input_dim,
             output_dim,
@@ -137,21 +134,22 @@ class VaDE(MixturePrior, VAE):
             likelihood=likelihood,
             activation=activation,
             min_scale=min_scale,
-            num_components=num_components,
-            pretrain_epochs=pretrain_epochs,
-            **extra,
         )
         self.num_components, self.pretrain_epochs = k, pretrain_epochs
         self.init_mixture_prior(torch.randn(k, latent_dim), torch.zeros(k, latent_dim))
 
-    @classmethod
-    def from_data(cls, data: Any, **options: Any) -> VaDE:
-        """Build for ``data``; with ``pretrain_epochs > 0`` also run the paper's recipe
-        (:func:`pretrain_and_init`) on the training rows, so the CLI and the registry get it."""
-        model = super().from_data(data, **options)
-        if model.pretrain_epochs > 0:
-            pretrain_and_init(model, data.train.x, epochs=model.pretrain_epochs)
-        return model
+    def pretrain(self, x: torch.Tensor, seed: int) -> dict[str, Any] | None:
+        """With ``pretrain_epochs > 0``, the paper's recipe (:func:`pretrain_and_init`) on the
+        training inputs with the run's ``seed``, as the first step of a run (building the model
+        trains nothing). Returns the autoencoder's per-epoch losses and the GMM start's mean
+        log-likelihood on the embedding."""
+        if self.pretrain_epochs == 0:
+            return None
+        done = pretrain_and_init(self, x, epochs=self.pretrain_epochs, seed=seed)
+        return {
+            "autoencoder_losses": [float(v) for v in done["pretrain_losses"]],
+            "gmm_log_likelihood": float(done["gmm"].score(self.embed(x).cpu().numpy())),
+        }
 
     # --- prior --------------------------------------------------------------------------------
     def prior_latent(self, n: int) -> torch.Tensor:

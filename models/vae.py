@@ -35,7 +35,7 @@ from pyro_moe.base import PyroModel, data_plate
 from pyro_moe.errors import ConfigError
 from pyro_moe.nn import mlp
 from pyro_moe.registry import MODELS
-from pyro_moe.validation import check_number
+from pyro_moe.validation import check_int, check_number
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 
@@ -53,15 +53,15 @@ def parse_sizes(hidden: Sequence[int] | str | int, name: str = "hidden") -> tupl
     elif isinstance(hidden, int) and not isinstance(hidden, bool):
         hidden = [hidden]
     sizes = tuple(hidden)
-    if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+    if not sizes:
         raise ConfigError(f"{name} must be one or more integers >= 1, got {hidden!r}")
+    for s in sizes:
+        check_int(f"each width of {name}", s)
     return sizes
 
 
 def check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
+    return check_int(name, value)
 
 
 @MODELS.register("vae")
@@ -91,7 +91,6 @@ class VAE(PyroModel):
         likelihood: str = "gaussian",
         activation: str = "relu",
         min_scale: float = 1e-3,
-        **extra: Any,
     ) -> None:
         sizes = parse_sizes(hidden)
         super().__init__()

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from pyro_moe.errors import ConfigError
+from pyro_moe.validation import check_int
 
 
 def data_plate(x: torch.Tensor, num_data: int | None = None) -> pyro.plate:
@@ -40,9 +41,7 @@ def data_plate(x: torch.Tensor, num_data: int | None = None) -> pyro.plate:
 
 def check_num_components(k: int) -> int:
     """``K`` must be a whole number >= 1."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"the number of components K must be an integer >= 1, got {k!r}")
-    return k
+    return check_int("the number of components K", k)
 
 
 def default_parameter_group(name: str) -> str:
@@ -114,6 +113,13 @@ class PyroModel(nn.Module):
     def evaluate(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
         """Model-specific metrics on held-out data (no gradient); empty by default."""
         return {}
+
+    def pretrain(self, x: torch.Tensor, seed: int) -> dict[str, Any] | None:
+        """A data-dependent start (autoencoder pretraining, k-means++ restarts, ...) on the
+        training inputs ``x``: the first step of a fresh run (:func:`~pyro_moe.train.fit`), with
+        the run's ``seed``, never repeated by a resume. Returns a record of plain numbers that
+        the checkpoint keeps, or ``None`` when there is nothing to do (the default)."""
+        return None
 
     @classmethod
     def options(cls) -> dict[str, Any]:

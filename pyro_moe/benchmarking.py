@@ -20,6 +20,9 @@ from typing import Any
 
 from pyro_moe.checkpoint import atomic_write_json, atomic_write_text
 from pyro_moe.runs import versions
+from pyro_moe.tables import markdown_table
+
+__all__ = ["RESULTS", "command_line", "fixed_budget", "machine", "markdown_table", "write_results"]
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
@@ -64,17 +67,6 @@ def gpu() -> str:
 def command_line(argv: Sequence[str] | None = None) -> str:
     argv = sys.argv if argv is None else argv
     return " ".join(shlex.quote(a) for a in ["python", *argv])
-
-
-def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A GitHub markdown table of ``rows`` (floats to 4 significant digits)."""
-
-    def cell(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def write_results(

@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pyro_moe.errors import ConfigError, PyroMoeError, TrainingInterrupted
 
@@ -63,6 +64,17 @@ def parse_options(pairs: Sequence[str] | None, what: str) -> dict[str, Any]:
     return options
 
 
+def per_estimator_options(pairs: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+    """``["rloo.num_particles=4", ...]`` -> ``{"rloo": {"num_particles": 4}}``."""
+    options: dict[str, dict[str, Any]] = {}
+    for pair in pairs or []:
+        name, dot, rest = pair.partition(".")
+        if not dot or not name or "=" not in rest or "=" in name:
+            raise ConfigError(f"estimator option {pair!r} is not NAME.KEY=VALUE")
+        options.setdefault(name.strip(), {}).update(parse_options([rest], f"estimator {name}"))
+    return options
+
+
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -96,14 +108,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE")
     p.add_argument("--estimator-option", action="append", metavar="KEY=VALUE")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    _add_budget_options(p)
     p.add_argument("--guide-lr", type=float, help="learning rate of the guide's networks")
-    p.add_argument("--clip-norm", type=float)
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument(
         "--distributed",
@@ -123,6 +129,36 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_budget_options(p: argparse.ArgumentParser) -> None:
+    """How long and how fast to train, with :class:`~pyro_moe.train.TrainConfig`'s defaults."""
+    from pyro_moe.train import DEFAULT_BATCH_SIZE, TrainConfig
+
+    d = TrainConfig()
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help=f"at most this many epochs (default {d.epochs}); early stopping on the validation "
+        "split usually ends training first",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        help=f"stop when the validation metric has not improved by {d.min_delta:g} for this many "
+        f"epochs (default {d.patience}); the best validation epoch's parameters are kept",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"rows per step (default {DEFAULT_BATCH_SIZE}, or every training row if fewer)",
+    )
+    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr:g})")
+    p.add_argument("--clip-norm", type=float, help=f"gradient-norm clip (default {d.clip_norm:g})")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (default: no limit)")
+    p.add_argument(
+        "--seed", type=int, help=f"seed of the run and its pretraining (default {d.seed})"
+    )
+
+
 def _add_reliability_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint-every",
@@ -138,8 +174,16 @@ def _add_reliability_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line naming the problem, with exit status 2 (no usage
+    dump); its subcommands' parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyro-moe", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="pyro-moe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list models, guides, estimators and data sets")
     _add_train_parser(sub)
@@ -168,9 +212,17 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--estimator-option",
+        action="append",
+        metavar="NAME.KEY=VALUE",
+        help="an option of one compared estimator, for its training and its harness "
+        "measurement, e.g. rloo.num_particles=4 or enum.fast=false (repeatable)",
+    )
     p.add_argument("--num-estimates", type=int, default=200, help="harness estimates")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _spec_from_args(args: argparse.Namespace, seed: int, **spec_fields: Any) -> Any:
@@ -193,16 +245,28 @@ def _spec_from_args(args: argparse.Namespace, seed: int, **spec_fields: Any) -> 
 
 
 def cmd_compare_estimators(args: argparse.Namespace) -> int:
-    from pyro_moe.compare import compare_estimators
+    from pyro_moe.compare import SlowPathWarning, compare_estimators, slow_paths
     from pyro_moe.train import TrainConfig
 
     spec = _spec_from_args(args, seed=args.seed)
     train = {"epochs": args.epochs, "seed": args.seed, "progress": False, "patience": None}
     train.update({k: getattr(args, k) for k in ("batch_size", "lr") if getattr(args, k)})
     names = [n.strip() for n in args.estimators.split(",") if n.strip()]
-    rows, _ = compare_estimators(
-        spec, names, TrainConfig(**train), args.out, args.num_estimates, not args.no_figures
-    )
+    options = per_estimator_options(args.estimator_option)
+    for note in slow_paths(spec, names, options):
+        print(f"pyro-moe: note: {note.replace('`', '')}", file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SlowPathWarning)  # printed above
+        rows, _ = compare_estimators(
+            spec,
+            names,
+            TrainConfig(**train),
+            args.out,
+            args.num_estimates,
+            not args.no_figures,
+            estimator_options=options,
+            progress=False if args.quiet else None,
+        )
     for row in rows:
         if row["group"] == "all":
             print(

@@ -27,6 +27,23 @@ class CheckpointError(PyroMoeError):
     """A checkpoint that is missing, unreadable, or was written for a different run."""
 
 
+class StorageError(PyroMoeError, OSError):
+    """A file the library reads or writes cannot be: disk full, read-only, not a regular file,
+    a path through a file; the message names the file and the operating system's reason."""
+
+    @classmethod
+    def from_os_error(
+        cls, error: OSError, path: object, action: str = "cannot write"
+    ) -> StorageError:
+        name = error.filename if error.filename is not None else path
+        reason = error.strerror or type(error).__name__
+        return cls(f"{action} {name}: {reason}")
+
+
+class RunFolderError(PyroMoeError):
+    """A run folder that is in use by another process, or that a command may not write into."""
+
+
 class TrainingError(PyroMoeError, RuntimeError):
     """Training cannot go on (non-finite loss or gradient); the last good checkpoint is kept."""
 

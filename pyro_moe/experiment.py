@@ -25,10 +25,10 @@ import torch
 import pyro_moe.estimators  # noqa: F401  (fills ESTIMATORS)
 import pyro_moe.guides  # noqa: F401  (fills GUIDES)
 import pyro_moe.models  # noqa: F401  (fills MODELS)
+from pyro_moe import checkpoint
 from pyro_moe.base import PyroGuide, PyroModel
-from pyro_moe.checkpoint import load_checkpoint
 from pyro_moe.data import Dataset, load_dataset
-from pyro_moe.errors import CheckpointError, ConfigError, PyroMoeError
+from pyro_moe.errors import ConfigError, PyroMoeError, UnknownNameError
 from pyro_moe.estimators.base import Estimator
 from pyro_moe.metrics import split_metrics
 from pyro_moe.registry import ESTIMATORS, GUIDES, MODELS
@@ -51,8 +51,23 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSpec:
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """The spec of a dict of its fields; an unknown key is an :class:`UnknownNameError`."""
+        names = list(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise UnknownNameError(
+                f"unknown run spec field {', '.join(unknown)}; known: {', '.join(names)}"
+            )
+        return cls(**d)
+
+
+#: the sections of a run's config.json besides the spec's fields (written by ``fit``)
+RUN_SECTIONS = ("train", "versions")
+
+
+def stored_spec(stored: dict[str, Any]) -> RunSpec:
+    """The :class:`RunSpec` of a run's config.json (its other sections left out)."""
+    return RunSpec.from_dict({k: v for k, v in stored.items() if k not in RUN_SECTIONS})
 
 
 def guide_name(spec: RunSpec) -> str:
@@ -123,7 +138,7 @@ def resume_spec(run_dir: str | Path, **train_overrides: Any) -> tuple[RunSpec, T
     (e.g. more ``epochs``); seed, batch size and learning rate stay as stored unless overridden."""
     stored = RunFolder(run_dir).read_config()
     config = TrainConfig.from_dict({**stored.get("train", {}), **train_overrides})
-    return RunSpec.from_dict(stored), config
+    return stored_spec(stored), config
 
 
 def load_run(
@@ -132,15 +147,12 @@ def load_run(
     """Rebuild a run's model, guide and data set (``data``, else the one its config names) with
     its ``best`` (or ``last``) parameters."""
     run = RunFolder(run_dir)
-    spec = RunSpec.from_dict(run.read_config())
+    spec = stored_spec(run.read_config())
     data, model, guide, _ = build(spec, data)
     path = run.best if which == "best" and run.best.is_file() else run.checkpoint
-    state = load_checkpoint(path, required=("model", "guide"))
-    try:
-        model.load_state_dict(state["model"])
-        guide.load_state_dict(state["guide"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path} does not match the run's config.json: {e}") from None
+    state = checkpoint.load_best(path, model, guide)
+    model.load_state_dict(state["model"])
+    guide.load_state_dict(state["guide"])
     return model, guide, data
 
 

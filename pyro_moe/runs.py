@@ -12,7 +12,6 @@ run_dir/
 from __future__ import annotations
 
 import csv
-import io
 import json
 import platform
 import sys
@@ -20,8 +19,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pyro_moe.checkpoint import atomic_write_json, atomic_write_text
+from pyro_moe.checkpoint import atomic_write_json
 from pyro_moe.errors import CheckpointError, ConfigError
+from pyro_moe.tables import write_csv
 
 
 def versions() -> dict[str, str]:
@@ -98,15 +98,7 @@ class RunFolder:
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite metrics.csv atomically; columns are the rows' keys, first seen first."""
-        columns: list[str] = []
-        for row in rows:
-            columns += [k for k in row if k not in columns]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.metrics, buffer.getvalue())
+        write_csv(self.metrics, rows)
 
 
 def _number(text: str) -> Any:

@@ -6,7 +6,10 @@ the minibatch by N / B, so L estimates the full-data negative objective), and ta
 ``L / N`` with the gradient norm clipped. After every epoch it computes validation metrics (the
 discrete objective with the gate summed out exactly, plus the model's own metrics), writes a row
 of ``metrics.csv`` and an atomic checkpoint, and stops early when the monitored metric has not
-improved for ``patience`` epochs.
+improved by ``min_delta`` for ``patience`` epochs. By default early stopping decides when training
+ends (patience 20 epochs, at most 1000 epochs), and the parameters of the best validation epoch
+are kept. A model with a pretraining step (:meth:`~pyro_moe.base.PyroModel.pretrain`) runs it
+first, with the run's seed, and its start is validated as epoch 0.
 
 A checkpoint holds everything an exact resume needs: model, guide and estimator state, Adam's
 state, the non-module entries of Pyro's param store, the loop's counters and early-stopping
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -35,18 +37,17 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyro
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pyro_moe import checkpoint
 from pyro_moe.base import PyroGuide, PyroModel
-from pyro_moe.checkpoint import load_checkpoint, save_checkpoint
+from pyro_moe.checkpoint import save_checkpoint
 from pyro_moe.data.base import Dataset, Split
 from pyro_moe.distributed import SingleProcess, process_group
 from pyro_moe.errors import (
-    CheckpointError,
     ConfigError,
     DataError,
     NonFiniteError,
@@ -82,7 +83,7 @@ class NonFiniteStepWarning(RuntimeWarning):
 class TrainConfig:
     """Options of :func:`fit` (all checked on construction)."""
 
-    epochs: int = 100
+    epochs: int = 1000  # a cap: early stopping on the validation split usually ends first
     batch_size: int | None = None  # None: 128, or every training row if there are fewer
     lr: float = 1e-2
     guide_lr: float | None = None
@@ -124,8 +125,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """The config of a dict of options (e.g. config.json's ``train``); an unknown key is an
+        :class:`UnknownNameError`, not silently dropped."""
+        return cls.from_options(**d)
 
     @classmethod
     def from_options(cls, **options: Any) -> TrainConfig:
@@ -154,6 +156,7 @@ class TrainState:
     best_epoch: int = 0
     bad_epochs: int = 0
     stop_reason: str = ""
+    batch_size: int = 0  # the batch size the position ``batch`` counts in (0: not recorded)
 
 
 @dataclass
@@ -168,6 +171,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     run_dir: Path | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    pretrained: dict[str, Any] | None = None  # the run's pretraining record (PyroModel.pretrain)
 
     @property
     def stopped_early(self) -> bool:
@@ -223,30 +227,6 @@ def _param_names(**modules: nn.Module) -> dict[int, str]:
         id(p): f"{prefix}.{name}"
         for prefix, m in modules.items()
         for name, p in m.named_parameters()
-    }
-
-
-def _rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def _param_store_extras() -> dict[str, Any]:
-    """Pyro param store entries that are not module parameters (e.g. baseline averages)."""
-    state = pyro.get_param_store().get_state()
-    keep = [k for k in state["params"] if "$$$" not in k]
-    return {
-        "params": {k: state["params"][k] for k in keep},
-        "constraints": {k: state["constraints"][k] for k in keep},
     }
 
 
@@ -308,11 +288,12 @@ class Trainer:
         self.validator = validation_objective(model)
         self.monitor = config.monitor or model.monitor
         self.batch_size = config.batch_size or min(DEFAULT_BATCH_SIZE, len(data.train))
-        self.state = TrainState()
+        self.state = TrainState(batch_size=self.batch_size)
         self.history: list[dict[str, Any]] = []
         self.best_params: dict[str, Any] | None = None
         self.callbacks = tuple(callbacks)
         self.stop = StopRequest()  # set by fit's signal handlers
+        self.pretrained: dict[str, Any] | None = None  # the record of the run's pretraining
         self.parallel = parallel or SingleProcess()  # data-parallel hook (pyro_moe.distributed)
         self.parallel.attach(self)
 
@@ -455,16 +436,42 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
-        return {
-            "format": 1,
-            "model": self.model.state_dict(),
-            "guide": self.guide.state_dict(),
-            "estimator": self.estimator.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "param_store": _param_store_extras(),
-            "train_state": asdict(self.state),
-            "rng": _rng_state(),
-        }
+        return checkpoint.training_state(
+            self.model,
+            self.guide,
+            self.estimator,
+            self.optimizer,
+            asdict(self.state),
+            pretrain=self.pretrained,
+        )
+
+    def pretrain(self) -> None:
+        """The model's pretraining (:meth:`~pyro_moe.base.PyroModel.pretrain`) on the training
+        inputs, the global RNG seeded with the run's seed inside and left as it was outside;
+        its record (with the seed and wall seconds) goes into every checkpoint, and a first
+        checkpoint is written at once so that a resume never pretrains again."""
+        start = time.perf_counter()
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.config.seed)
+            record = self.model.pretrain(self.data.train.x, self.config.seed)
+        if record is None:
+            return
+        seconds = time.perf_counter() - start
+        self.pretrained = {"seed": self.config.seed, "seconds": seconds, **record}
+        self.score_start()
+
+    def score_start(self) -> None:
+        """Validate the pretrained start as epoch 0 (a ``metrics.csv`` row), so early stopping
+        keeps it when training does not improve on it, and write the first checkpoint."""
+        metrics = self.validate()
+        self.update_early_stopping(metrics)
+        self.history.append(
+            {"step": 0, "epoch": 0, "wall_seconds": 0.0, "train_loss": math.nan, **metrics}
+        )
+        if self.run:
+            self.run.write_metrics(self.history)
+        self.save()
 
     def save(self) -> None:
         if self.run:
@@ -475,36 +482,33 @@ class Trainer:
         if self.run is None:
             raise ConfigError("resume needs a run folder")
         self.run.remove_temporaries()
-        state = load_checkpoint(
+        stored = checkpoint.restore_training_state(
             self.run.checkpoint,
-            required=(
-                "model",
-                "guide",
-                "estimator",
-                "optimizer",
-                "param_store",
-                "train_state",
-                "rng",
-            ),
+            self.model,
+            self.guide,
+            self.estimator,
+            self.optimizer,
+            asdict(TrainState()),
         )
-        try:
-            self.model.load_state_dict(state["model"])
-            self.guide.load_state_dict(state["guide"])
-            self.estimator.load_state_dict(state["estimator"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(
-                f"checkpoint {self.run.checkpoint} was written for a different "
-                f"model, guide or estimator: {e}"
-            ) from None
-        pyro.get_param_store().set_state(state["param_store"])
-        self.state = TrainState(**{**state["train_state"], "stop_reason": ""})
-        _set_rng_state(state["rng"])
+        self.state = TrainState(**{**stored["train_state"], "stop_reason": ""})
+        self.pretrained = stored["pretrain"]
+        self._check_batch_size()
+        self.state.batch_size = self.batch_size
         if self.run.best.is_file():
-            best = load_checkpoint(self.run.best, required=("model", "guide"))
-            self.best_params = {"model": best["model"], "guide": best["guide"]}
+            self.best_params = checkpoint.load_best(self.run.best, self.model, self.guide)
         self.history = [r for r in self.run.read_metrics() if r.get("step", 0) <= self.state.step]
         self.run.write_metrics(self.history)
+
+    def _check_batch_size(self) -> None:
+        """A new batch size may start at an epoch boundary; in the middle of an epoch the saved
+        position counts batches of the old size, so a different size is refused."""
+        old = self.state.batch_size
+        if self.state.batch and old and old != self.batch_size:
+            raise ConfigError(
+                f"{self.run.checkpoint} stopped in the middle of epoch {self.state.epoch + 1} "
+                f"(batch {self.state.batch} of {len(self.data.train) // old} at batch size {old}); "
+                f"resume with --batch-size {old}, or change the batch size at an epoch boundary"
+            )
 
     # --- the loop -----------------------------------------------------------------------------
     def total_steps(self) -> int:
@@ -644,15 +648,24 @@ def fit(
     trainer = Trainer(model, guide, estimator, data, config, run, callbacks, parallel)
     if resume:
         trainer.restore()
-    elif run:
-        run.check_fresh()
-        run.write_json(
-            run.config, {**(run_info or {}), "train": asdict(config), "versions": versions()}
-        )
+    else:
+        if run:
+            run.check_fresh()
+            run.write_json(
+                run.config, {**(run_info or {}), "train": asdict(config), "versions": versions()}
+            )
+        trainer.pretrain()
     with stop_on_signals() as trainer.stop:
         trainer.run_loop()
     if config.restore_best:
         trainer.restore_best()
     return FitResult(
-        model, guide, estimator, config, trainer.state, trainer.history, run.path if run else None
+        model,
+        guide,
+        estimator,
+        config,
+        trainer.state,
+        trainer.history,
+        run.path if run else None,
+        pretrained=trainer.pretrained,
     )

@@ -17,12 +17,21 @@ import torch
 from pyro_moe.errors import ConfigError, DataError
 
 
-def check_int(name: str, value: Any, minimum: int = 1, optional: bool = False) -> None:
-    """``value`` is a whole number >= ``minimum`` (or None when ``optional``)."""
+def check_int(
+    name: str,
+    value: Any,
+    minimum: int = 1,
+    optional: bool = False,
+    error: type[Exception] = ConfigError,
+) -> Any:
+    """``value`` is a whole number >= ``minimum`` (or None when ``optional``); returns it. The
+    library's one integer check: ``error`` is :class:`ConfigError` for options,
+    :class:`DataError` for data-set arguments."""
     if optional and value is None:
-        return
+        return value
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise error(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 def check_number(name: str, value: Any, positive: bool = True, optional: bool = False) -> None:
@@ -111,8 +120,7 @@ def _check_split_targets(data: Any, y: torch.Tensor | None, rows: int, what: str
     if y.dim() != 1 or y.is_floating_point():
         raise DataError(f"{what}: class labels y must be an integer tensor [N]")
     k = data.num_classes
-    if not isinstance(k, int) or k < 1:
-        raise DataError(f"{what}: a classification data set needs num_classes >= 1, got {k!r}")
+    check_int(f"{what}: num_classes of a classification data set", k, error=DataError)
     if int(y.min()) < 0 or int(y.max()) >= k:
         raise DataError(
             f"{what}: class labels must lie in [0, {k}), got [{int(y.min())}, {int(y.max())}]"

@@ -54,6 +54,7 @@ from pyro_moe.errors import ConfigError
 from pyro_moe.estimators import objectives
 from pyro_moe.estimators.base import Estimator
 from pyro_moe.estimators.enum import Enumerate
+from pyro_moe.tables import markdown_table
 from pyro_moe.vectorised import NotVectorisable, per_estimate_gradients
 
 #: coordinates whose std is below this many machine epsilons (relative) count as deterministic
@@ -563,13 +564,4 @@ def _valid_batch(trainer) -> tuple[Any, ...]:
 
 def markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
     """A harness table as markdown (numbers to 4 significant digits)."""
-    head = "| " + " | ".join(columns) + " |"
-    rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join([head, rule, *body])
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return markdown_table(rows, columns)

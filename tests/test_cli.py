@@ -178,3 +178,39 @@ def test_option_values_are_parsed():
         None,
         "mlp",
     ]
+
+
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["train", "moe", "--data", "bishop", "--out", "x", "--epochs", "many"], "--epochs"),
+        (["train", "moe", "--data", "bishop", "--out", "x", "--no-such-flag"], "--no-such-flag"),
+        (["train", "moe", "--data", "bishop"], "--out"),
+        (["no-such-command"], "no-such-command"),
+    ],
+)
+def test_usage_errors_are_one_line_with_status_2(capsys, argv, names):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("pyro-moe") and "error:" in err, err
+    assert names in err
+
+
+def test_stored_config_with_an_unknown_key_is_refused(tmp_path):
+    from pyro_moe.errors import ConfigError
+    from pyro_moe.experiment import RunSpec, resume_spec
+    from pyro_moe.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="unknown run spec field colour"):
+        RunSpec.from_dict({"model": "moe", "data": "bishop", "colour": "red"})
+    with pytest.raises(ConfigError, match="unknown training option epoch\\b"):
+        TrainConfig.from_dict({"epoch": 3})
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"model": "moe", "data": "bishop", "train": {"epochs": 2, "speed": 1}}
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="speed"):
+        resume_spec(run)

@@ -81,7 +81,9 @@ def test_unknown_names_and_options():
         load_dataset("no-such-set")
     with pytest.raises(ConfigError, match="no option"):
         load_dataset("bishop", arms=3)
-    with pytest.raises(DataError, match="n >= 10"):
+    with pytest.raises(
+        DataError, match=r"n \(points of a synthetic data set\) must be an integer >= 10"
+    ):
         load_dataset("bishop", n=3)
 
 

@@ -197,7 +197,7 @@ def test_deep_models_train_on_spirals_to_their_floor(name, estimator, floor):
     assert model.evaluate(x, y)["accuracy"] >= floor
 
 
-def test_pretraining_option_runs_the_recipe_in_from_data():
+def test_pretraining_option_runs_the_recipe_as_the_first_step_of_a_run():
     from pyro_moe.data import load_dataset
 
     data = load_dataset("spirals", n=60)
@@ -205,9 +205,12 @@ def test_pretraining_option_runs_the_recipe_in_from_data():
     torch.manual_seed(0)
     plain = MODELS["dmvae"].from_data(data, **options)
     torch.manual_seed(0)
-    pretrained = MODELS["dmvae"].from_data(data, pretrain_epochs=2, **options)
-    assert not torch.equal(plain.prior_loc, pretrained.prior_loc)
-    assert pretrained.prior_loc.shape == (3, 2)
+    built = MODELS["dmvae"].from_data(data, pretrain_epochs=2, **options)
+    assert torch.equal(plain.prior_loc, built.prior_loc)  # building trains nothing
+    record = built.pretrain(data.train.x, seed=0)
+    assert not torch.equal(plain.prior_loc, built.prior_loc)
+    assert built.prior_loc.shape == (3, 2) and len(record["autoencoder_losses"]) == 2
+    assert plain.pretrain(data.train.x, seed=0) is None  # pretrain_epochs=0: nothing to do
     with pytest.raises(ConfigError, match="pretrain_epochs"):
         MODELS["vade"].from_data(data, pretrain_epochs=-1)
 

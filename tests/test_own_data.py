@@ -125,6 +125,7 @@ def test_labels_give_clustering_scores_in_summary_and_evaluate_from_the_shell(tm
     for key in ("accuracy", "nmi", "ari"):
         assert summary[f"test_{key}"] == pytest.approx(truth[key]), key
     assert "valid_accuracy" in summary and "valid_accuracy" in (out / "metrics.csv").read_text()
+    assert summary["test_accuracy"] == 1.0 and summary["test_ari"] == 1.0  # blobs 20 sd apart
     capsys.readouterr()
     assert main(["evaluate", str(out)]) == 0
     scores = json.loads(capsys.readouterr().out)

@@ -43,7 +43,7 @@ def test_shells_are_not_linearly_separable_in_one_dimension():
         ({"clusters": 0}, "clusters"),
         ({"width": 2.0, "gap": 1.0}, "width < gap"),
         ({"noise": -1.0}, "noise"),
-        ({"n": 5}, "n >= 10"),
+        ({"n": 5}, "n must be an integer >= 10"),
     ],
 )
 def test_shells_reject_bad_options(options, message):

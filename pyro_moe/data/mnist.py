@@ -34,6 +34,7 @@ import numpy as np
 from pyro_moe.data.base import Dataset, Split, as_inputs, as_targets, split_arrays
 from pyro_moe.errors import DataError
 from pyro_moe.registry import DATASETS
+from pyro_moe.validation import check_int
 
 #: where each file can be downloaded from (the Keras copy of MNIST has the same array names)
 URLS = {
@@ -149,8 +150,7 @@ def _check_task(task: str) -> None:
 
 
 def _check_limit(limit: int | None) -> None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 3):
-        raise DataError(f"limit must be an integer >= 3 rows, got {limit!r}")
+    check_int("limit (rows)", limit, 3, optional=True, error=DataError)
 
 
 def make_split(x: np.ndarray, digits: np.ndarray | None, task: str, limit: int | None) -> Split:

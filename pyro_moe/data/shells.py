@@ -29,14 +29,13 @@ import numpy as np
 from pyro_moe.data.base import Dataset, split_arrays
 from pyro_moe.errors import DataError
 from pyro_moe.registry import DATASETS
+from pyro_moe.validation import check_int
 
 DIMS = (1, 2, 5)
 
 
 def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise DataError(f"shells needs {name} >= {minimum} (an integer), got {value!r}")
-    return value
+    return check_int(f"shells' {name}", value, minimum, error=DataError)
 
 
 def _check_positive(name: str, value: float) -> float:

@@ -27,6 +27,7 @@ import numpy as np
 from pyro_moe.data.base import Dataset, split_arrays
 from pyro_moe.errors import DataError
 from pyro_moe.registry import DATASETS
+from pyro_moe.validation import check_int
 
 
 def _rng(seed: int) -> np.random.Generator:
@@ -34,8 +35,7 @@ def _rng(seed: int) -> np.random.Generator:
 
 
 def _check_size(n: int, minimum: int = 10) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < minimum:
-        raise DataError(f"a synthetic data set needs n >= {minimum} points, got {n!r}")
+    check_int("n (points of a synthetic data set)", n, minimum, error=DataError)
 
 
 @DATASETS.register("bishop")
@@ -95,8 +95,7 @@ def spirals(
 ) -> Dataset:
     """K interleaved spiral arms in 2-D; the arm is the class and the ground-truth cluster."""
     _check_size(n)
-    if isinstance(arms, bool) or not isinstance(arms, int) or arms < 1:
-        raise DataError(f"spirals needs arms >= 1, got {arms!r}")
+    check_int("spirals' arms", arms, error=DataError)
     rng = _rng(seed)
     arm = rng.integers(0, arms, n)
     t = rng.uniform(0.15, 1.0, n)

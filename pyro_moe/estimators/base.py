@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from pyro_moe.errors import ConfigError
+from pyro_moe.validation import check_int
 
 
 def value_with_gradient_of(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
@@ -83,12 +84,7 @@ class Estimator(nn.Module):
 
     def __init__(self, *, num_particles: int = 1, max_plate_nesting: int = 1) -> None:
         super().__init__()
-        if (
-            isinstance(num_particles, bool)
-            or not isinstance(num_particles, int)
-            or num_particles < 1
-        ):
-            raise ConfigError(f"num_particles must be an integer >= 1, got {num_particles!r}")
+        self.num_particles = check_int("num_particles", num_particles)
         self.num_particles = num_particles
         self.max_plate_nesting = max_plate_nesting
 

@@ -43,6 +43,7 @@ from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.sampled import CLUSTER, Costs, SampledEstimator
 from pyro_moe.estimators.temperature import Temperature
+from pyro_moe.validation import check_int
 
 MODES = ("soft", "hard", "rao")
 
@@ -277,9 +278,7 @@ class RelaxedEstimator(TemperedEstimator):
 
 
 def check_samples(num_samples: int) -> int:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ConfigError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-    return num_samples
+    return check_int("num_samples", num_samples)
 
 
 __all__ = [

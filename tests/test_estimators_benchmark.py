@@ -1,0 +1,69 @@
+"""The binarized-MNIST estimator benchmark end to end on the small fixture: parallel jobs, one
+result file per (estimator, seed), more seeds for the best, resume, --assemble from the result
+files alone, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "estimators_binarized_mnist.py"
+NAME = "estimators_binarized_mnist"
+TINY = [
+    *("--limit", "200", "--epochs", "1", "--test-samples", "4", "--valid-samples", "1"),
+    *("--estimators", "reinforce,st-gumbel", "--best", "1", "--more-seeds", "1"),
+]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(SCRIPT), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_protocol_runs_resumes_and_assembles(tmp_path):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    first = run(*TINY, "--jobs", "2", "--out", str(out), "--runs", str(runs))
+    assert first.returncode == 0, first.stderr[-3000:]
+    files = sorted(p.name for p in (out / NAME).glob("*.json"))
+    best = json.loads((out / f"{NAME}.json").read_text())["results"]["rows"][0]["estimator"]
+    assert files == sorted(["reinforce_seed0.json", "st-gumbel_seed0.json", f"{best}_seed1.json"])
+    record = json.loads((out / NAME / "reinforce_seed0.json").read_text())
+    assert record["steps"] == 2 and record["protocol"]["train_rows"] == 200
+    assert record["test_neg_iw_bound"] <= record["test_neg_elbo"]  # L_S >= ELBO per image
+    assert [c["epoch"] for c in record["curve"]] == [1]
+    assert record["machine"]["start"]["torch_threads"] == 1
+    assert len(record["machine"]["end"]["load_average"]) == 3
+
+    # a lost result file is rebuilt from the finished run folder, with the same numbers
+    (out / NAME / "reinforce_seed0.json").unlink()
+    again = run(*TINY, "--out", str(out), "--runs", str(runs))
+    assert again.returncode == 0, again.stderr[-3000:]
+    rebuilt = json.loads((out / NAME / "reinforce_seed0.json").read_text())
+    assert rebuilt["test_neg_elbo"] == record["test_neg_elbo"]
+    assert rebuilt["curve"] == record["curve"]
+
+    # the table from the result files alone, on a machine without the run folders
+    fresh = tmp_path / "fresh"
+    shutil.copytree(out / NAME, fresh / NAME)
+    assembled = run("--assemble", "--out", str(fresh))
+    assert assembled.returncode == 0, assembled.stderr[-3000:]
+    table = (fresh / f"{NAME}.md").read_text()
+    assert "| reinforce |" in table and "| st-gumbel |" in table and "| 0,1 |" in table
+    assert "Gumbel-Softmax | 101.5" in table
+    assert (fresh / f"{NAME}.png").stat().st_size > 0
+
+    # a result file of another protocol is refused, not mixed in silently
+    other = run(*TINY, "--lr", "0.01", "--out", str(out), "--runs", str(runs))
+    assert other.returncode == 2 and "another protocol" in other.stderr
+
+
+def test_bad_input_is_one_line(tmp_path):
+    for args in (["--epochs", "0"], ["--estimators", "enum"], ["--estimators", "nope"]):
+        result = run(*args, "--limit", "100", "--out", str(tmp_path))
+        assert result.returncode == 2, args
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("error: ")
