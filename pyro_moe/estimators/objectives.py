@@ -129,10 +129,10 @@ def joint_assignments(trace, names: Sequence[str], nesting: int) -> dict[str, to
     total = math.prod(k for _, k in digits)
     points = trace.nodes[names[0]]["value"].shape[-1]
     if total * points > MAX_TERMS:
-        sizes = " x ".join(f"{k}" for _, k in digits)
+        sizes = ", ".join(f"{n}: {shapes[n][1]}^{math.prod(shapes[n][0])}" for n in names)
         raise NotEnumerable(
-            f"{sizes} = {total:.3g} joint assignments per point x {points} points is too many "
-            f"to sum (more than {MAX_TERMS:,} terms)"
+            f"{total:.3g} joint values per point ({sizes}) x {points} points: more than "
+            f"{MAX_TERMS:,} terms to sum"
         )
     index = torch.arange(total)
     values: dict[str, list[torch.Tensor]] = {n: [] for n in names}
