@@ -47,7 +47,9 @@ class Question(TemperedEstimator):
 
     def handler(self):
         self._stash = {}
-        return (lambda fn: fn), RelaxCluster(self._guide_site, self._stash, self.sites)
+        return (lambda fn: fn), RelaxCluster(
+            self._guide_site, self._stash, self.sites, per_site=True
+        )
 
     def objective(self, costs: Costs, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
         beta = sum(_per_point(site["beta"], costs.f.dim()) for site in self._stash.values())

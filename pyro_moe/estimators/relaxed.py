@@ -202,13 +202,15 @@ def categorical_logits(fn: Any, name: str = CLUSTER) -> torch.Tensor:
 class RelaxCluster(Messenger):
     """Swap the distribution of the discrete sites an estimator acts on: ``make(logits, state)``
     builds the new one. ``sites``: the names (None: ``cluster`` and every latent site with a
-    discrete support).
-    Two instances share ``state``, one dict per site (the guide's runs first and leaves its
-    logits there)."""
+    discrete support). Two instances share ``state`` (the guide's runs first and leaves its
+    logits there): ``make`` gets ``state`` itself, or with ``per_site=True`` one dict per site
+    (``state[name]``), so that several sites do not overwrite each other's entries."""
 
-    def __init__(self, make, state: dict, sites: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, make, state: dict, sites: Sequence[str] | None = None, per_site: bool = False
+    ) -> None:
         super().__init__()
-        self.make, self.state, self.sites = make, state, sites
+        self.make, self.state, self.sites, self.per_site = make, state, sites, per_site
 
     def _acts_on(self, msg) -> bool:
         if self.sites is not None:
@@ -222,7 +224,7 @@ class RelaxCluster(Messenger):
             return
         if msg["is_observed"]:
             raise ConfigError(f"relaxed estimators need an unobserved `{msg['name']}` site")
-        state = self.state.setdefault(msg["name"], {})
+        state = self.state.setdefault(msg["name"], {}) if self.per_site else self.state
         msg["fn"] = self.make(categorical_logits(msg["fn"], msg["name"]), state)
 
 
@@ -265,8 +267,8 @@ class RelaxedEstimator(TemperedEstimator):
 
     def handler(self):
         state: dict = {}
-        guide_handler = RelaxCluster(self.guide_site, state, self.sites)
-        model_handler = RelaxCluster(self.model_site, state, self.sites)
+        guide_handler = RelaxCluster(self.guide_site, state, self.sites, per_site=True)
+        model_handler = RelaxCluster(self.model_site, state, self.sites, per_site=True)
         return model_handler, guide_handler
 
     def objective(self, costs: Costs, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
