@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pyro_moe import variance
 from pyro_moe.checkpoint import atomic_write_text
