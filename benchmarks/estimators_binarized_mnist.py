@@ -408,7 +408,8 @@ def assemble(out: Path) -> None:
 
 def plot_curves(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """Validation -ELBO against training wall-clock seconds (one line per estimator and seed),
-    and each run's test -ELBO as a marker at its training time."""
+    each run's test -ELBO as a marker at its training time, and dotted: the published -ELBO of
+    the row an estimator is held to."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -428,8 +429,10 @@ def plot_curves(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
                     label=name if j == 0 else None,
                 )
             ax.plot(r["train_seconds"], r["test_neg_elbo"], "o", color=colour, ms=4)
+        if name in MATCH:  # the published -ELBO this estimator is held to
+            ax.axhline(PUBLISHED[MATCH[name]], color=colour, ls=":", lw=1)
     ax.set_xlabel("training wall-clock seconds")
-    ax.set_ylabel("-ELBO per image (lines: validation, dots: test)")
+    ax.set_ylabel("-ELBO per image (validation; dots: test; dotted: published)")
     if groups:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
