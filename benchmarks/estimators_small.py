@@ -54,6 +54,7 @@ FITTED = ("rebar", "relax")
 
 
 def _moe(guide: str):
+    torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, 2, generator=g)
     y = x.sum(-1, keepdim=True) + 0.3 * torch.randn(40, 1, generator=g)
@@ -236,7 +237,8 @@ def write(unbiased, fitted, biased, verdict, args, seconds: float) -> None:
         f"inside the loss), seed {args.seed}. Variance = trace of the covariance of the gradient "
         "estimates; score side = the guide's encoder (the gate when q = p(c|x)); max_z = the "
         "largest |mean - exact| / standard error over the coordinates (an unbiased estimator "
-        "stays below ~4).\n\n"
+        "stays below ~4). An untrained relax is rebar (its network starts at zero); the next "
+        "table trains both.\n\n"
     )
     fit_note = (
         f"\n\n## rebar and relax: their own optimiser for {args.fit_steps} steps on the fixed "
@@ -246,7 +248,7 @@ def write(unbiased, fitted, biased, verdict, args, seconds: float) -> None:
         "\n\n## Straight-through family: bias against the exact ELBO gradient\n\n"
         "bias = ||mean - exact||; bias_noise = sqrt(variance / E) is what an unbiased estimator "
         f"would show from noise alone. reinmax's bias is below st-gumbel's in {wins} of "
-        f"{len(verdict)} (state, temperature) pairs.\n\n"
+        f"{len(verdict)} (state, temperature) pairs ({_wins_by_temperature(verdict)}).\n\n"
     )
     columns = ["setup", "estimator", "variance", "variance_vs_reinforce", "score_side"]
     columns += ["score_variance", "score_variance_vs_reinforce", "max_z", "seconds"]
@@ -279,6 +281,15 @@ def write(unbiased, fitted, biased, verdict, args, seconds: float) -> None:
         markdown=markdown,
         out_dir=args.out,
     )
+
+
+def _wins_by_temperature(verdict: list[dict[str, Any]]) -> str:
+    parts = []
+    for tau in sorted({r["temperature"] for r in verdict}):
+        rows = [r for r in verdict if r["temperature"] == tau]
+        wins = sum(r["reinmax_vs_st_gumbel"] < 1 for r in rows)
+        parts.append(f"tau = {tau:g}: {wins} of {len(rows)}")
+    return "; ".join(parts)
 
 
 def _temperatures(text: str) -> list[float]:
