@@ -42,7 +42,7 @@ MODELS = {
 @torch.no_grad()
 def specialisation(model, x: torch.Tensor, digits: torch.Tensor, k: int) -> torch.Tensor:
     """counts[e, d]: test images of digit d whose most probable expert is e."""
-    log_gate = model.gate_log_probs(x) if hasattr(model, "gate_log_probs") else model.gate(x)
+    log_gate = model.gate_log_probs(x)
     expert = log_gate.argmax(-1)
     counts = torch.zeros(k, 10, dtype=torch.long)
     counts.index_put_((expert, digits), torch.ones_like(digits), accumulate=True)

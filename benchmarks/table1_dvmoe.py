@@ -47,9 +47,7 @@ def runs(args: argparse.Namespace) -> list[tuple[str, str, dict, str]]:
 
 def gate_log_probs(model, x: torch.Tensor) -> torch.Tensor:
     """log p(c|x) of any of the three models: ``[N, K]``."""
-    if hasattr(model, "gate_log_probs"):
-        return model.gate_log_probs(x)
-    return torch.log_softmax(model.gate_logits(x), -1)
+    return model.gate_log_probs(x)
 
 
 def run_one(model_name, options, estimator, dim, seed, args) -> dict:
