@@ -36,6 +36,7 @@ import pyro_moe.estimators  # noqa: F401
 from pyro_moe import variance
 from pyro_moe.base import PyroGuide, data_plate
 from pyro_moe.benchmarking import RESULTS, markdown_table, write_results
+from pyro_moe.cli import OneLineParser
 from pyro_moe.data import split_arrays
 from pyro_moe.registry import ESTIMATORS, GUIDES, MODELS
 
@@ -307,7 +308,7 @@ def _positive(text: str) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--estimates", type=_positive, default=2000)
     parser.add_argument("--loop-estimates", type=_positive, default=400)
     parser.add_argument("--fit-steps", type=int, default=300)

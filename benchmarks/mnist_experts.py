@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 from pyro_moe import RunSpec, build, fit  # noqa: E402
 from pyro_moe.benchmarking import fixed_budget, markdown_table, write_results  # noqa: E402
+from pyro_moe.cli import OneLineParser  # noqa: E402
 from pyro_moe.data import load_dataset  # noqa: E402
 
 MODELS = {
@@ -120,7 +121,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=5000)
     parser.add_argument("--experts", type=int, default=5)
     parser.add_argument("--hidden", type=int, default=64)
