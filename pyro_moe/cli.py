@@ -17,6 +17,7 @@ import json
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -62,6 +63,17 @@ def parse_options(pairs: Sequence[str] | None, what: str) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"{what} option {pair!r} is not KEY=VALUE")
         options[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return options
+
+
+def per_estimator_options(pairs: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+    """``["rloo.num_particles=4", ...]`` -> ``{"rloo": {"num_particles": 4}}``."""
+    options: dict[str, dict[str, Any]] = {}
+    for pair in pairs or []:
+        name, dot, rest = pair.partition(".")
+        if not dot or not name or "=" not in rest or "=" in name:
+            raise ConfigError(f"estimator option {pair!r} is not NAME.KEY=VALUE")
+        options.setdefault(name.strip(), {}).update(parse_options([rest], f"estimator {name}"))
     return options
 
 
@@ -214,6 +226,13 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--estimator-option",
+        action="append",
+        metavar="NAME.KEY=VALUE",
+        help="an option of one compared estimator, for its training and its harness "
+        "measurement, e.g. rloo.num_particles=4 or enum.fast=false (repeatable)",
+    )
     p.add_argument("--num-estimates", type=int, default=200, help="harness estimates")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument(
@@ -222,6 +241,7 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
         help="replace an earlier comparison in --out (only the files pyro-moe wrote)",
     )
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _spec_from_args(args: argparse.Namespace, seed: int, **spec_fields: Any) -> Any:
@@ -244,22 +264,29 @@ def _spec_from_args(args: argparse.Namespace, seed: int, **spec_fields: Any) -> 
 
 
 def cmd_compare_estimators(args: argparse.Namespace) -> int:
-    from pyro_moe.compare import compare_estimators
+    from pyro_moe.compare import SlowPathWarning, compare_estimators, slow_paths
     from pyro_moe.train import TrainConfig
 
     spec = _spec_from_args(args, seed=args.seed)
     train = {"epochs": args.epochs, "seed": args.seed, "progress": False, "patience": None}
     train.update({k: getattr(args, k) for k in ("batch_size", "lr") if getattr(args, k)})
     names = [n.strip() for n in args.estimators.split(",") if n.strip()]
-    rows, _ = compare_estimators(
-        spec,
-        names,
-        TrainConfig(**train),
-        args.out,
-        args.num_estimates,
-        not args.no_figures,
-        overwrite=args.overwrite,
-    )
+    options = per_estimator_options(args.estimator_option)
+    for note in slow_paths(spec, names, options):
+        print(f"pyro-moe: note: {note.replace('`', '')}", file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SlowPathWarning)  # printed above
+        rows, _ = compare_estimators(
+            spec,
+            names,
+            TrainConfig(**train),
+            args.out,
+            args.num_estimates,
+            not args.no_figures,
+            estimator_options=options,
+            progress=False if args.quiet else None,
+            overwrite=args.overwrite,
+        )
     for row in rows:
         if row["group"] == "all":
             print(

@@ -64,7 +64,8 @@ class RunSpec:
 
 
 def stored_spec(stored: StoredRun) -> RunSpec:
-    """The :class:`RunSpec` of a run's config.json (:meth:`~pyro_moe.runs.RunFolder.read_config`)."""
+    """The :class:`RunSpec` of a run's config.json (as read by
+    :meth:`~pyro_moe.runs.RunFolder.read_config`)."""
     return RunSpec.from_dict(stored.spec)
 
 

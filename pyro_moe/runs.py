@@ -30,7 +30,7 @@ import platform
 import socket
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -57,7 +57,8 @@ RUN_FILES = ("config.json", "metrics.csv", "checkpoint.pt", "best.pt", "summary.
 #: config.json's sections besides the run spec's own fields
 CONFIG_SECTIONS = ("format", "train", "versions", "data_file")
 CONFIG_FORMAT = 1
-#: run-spec fields whose values must be JSON objects, and those that must be strings (or null)
+#: run-spec fields whose values must be JSON objects, and those that must be strings (or null);
+#: only ``model`` must be there
 OPTION_FIELDS = ("model_options", "data_options", "estimator_options")
 NAME_FIELDS = {"model": False, "data": True, "estimator": False, "guide": True}
 
@@ -86,11 +87,14 @@ class StoredRun:
 
 class RunFolder:
     """Paths and file operations of one run folder (created on first write); ``kind`` is
-    ``"train"`` (a training run) or ``"compare"`` (an estimator comparison)."""
+    ``"train"`` (a training run) or ``"compare"`` (an estimator comparison), ``files`` the names
+    of the files that kind of folder holds besides those recorded in its marker."""
 
-    def __init__(self, path: str | Path, kind: str = "train") -> None:
+    def __init__(
+        self, path: str | Path, kind: str = "train", files: tuple[str, ...] = RUN_FILES
+    ) -> None:
         self.path = Path(path)
-        self.kind = kind
+        self.kind, self.files = kind, files
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"run folder {self.path} exists and is not a folder")
 
@@ -151,7 +155,7 @@ class RunFolder:
         """Names of the files the library wrote here (the marker's list, and the run files)."""
         marker = self.read_marker()
         recorded = marker["files"] if marker else [p.name for p in self._legacy_figures()]
-        names = [*RUN_FILES, *recorded] if self.kind == "train" else list(recorded)
+        names = [*self.files, *recorded]
         return [n for n in dict.fromkeys(names) if (self.path / n).exists()]
 
     def _legacy_figures(self) -> list[Path]:
@@ -169,17 +173,18 @@ class RunFolder:
         """Refuse to start a new run where a run's files already are (nothing is replaced)."""
         if not self.path.is_dir():
             return
-        clash = [n for n in (*RUN_FILES, MARKER) if (self.path / n).exists()]
+        clash = [n for n in (*self.files, MARKER) if (self.path / n).exists()]
         clash += [p.name for p in self._legacy_figures()]
         if clash:
+            resume = "continue it with --resume, " if self.kind == "train" else ""
             raise RunFolderError(
-                f"{self.path} already holds a run's files ({', '.join(clash[:4])}); continue it "
-                "with --resume, replace it with --overwrite, or choose another folder"
+                f"{self.path} already holds a {self.kind} run's files ({', '.join(clash[:4])}); "
+                f"{resume}replace it with --overwrite, or choose another folder"
             )
 
     def check_replaceable(self) -> None:
         """``overwrite`` may replace only a run folder of this kind (or an absent / empty one)."""
-        if not self.path.is_dir() or not any(self.path.iterdir()):
+        if not self.path.is_dir() or not any(p.name != LOCK for p in self.path.iterdir()):
             return
         kind = self.folder_kind()
         if kind is None:
@@ -189,7 +194,8 @@ class RunFolder:
             )
         if kind != self.kind:
             raise RunFolderError(
-                f"{self.path} holds a {kind} run, not a {self.kind} run; --overwrite deleted nothing"
+                f"{self.path} holds a {kind} run, not a {self.kind} run; --overwrite deleted "
+                "nothing"
             )
 
     def clear(self) -> None:
@@ -198,7 +204,12 @@ class RunFolder:
         if not self.path.is_dir():
             return
         for name in self.written_files():
-            _unlink(self.path / name)
+            entry = self.path / name
+            if entry.is_dir() and not entry.is_symlink():  # a comparison's run folder
+                RunFolder(entry).clear()
+                _rmdir_if_empty(entry)
+            else:
+                _unlink(entry)
         _unlink(self.marker)
         self.remove_temporaries()
 
@@ -318,8 +329,10 @@ def parse_config(data: bytes, path: Path | str = "config.json") -> StoredRun:
         raise CheckpointError(f"{path} is not JSON text ({type(e).__name__})") from None
     if not isinstance(stored, dict):
         raise CheckpointError(f"{path} holds {type(stored).__name__}, not a run configuration")
+    if "model" not in stored:
+        raise CheckpointError(f"{path} names no model; it is not a run configuration")
     for name, optional in NAME_FIELDS.items():
-        value = stored.get(name)
+        value = stored.get(name, "")
         if not (isinstance(value, str) or (optional and value is None)):
             need = "a name" + (" or null" if optional else "")
             raise CheckpointError(f"{path}: {name!r} must be {need}, got {value!r:.60}")
@@ -351,7 +364,7 @@ def _is_data_record(record: Any) -> bool:
 
 # --- the data file a run was trained on -----------------------------------------------------------
 def data_file_record(name: Any) -> dict[str, Any] | None:
-    """``{"path", "sha256", "bytes"}`` of the data file ``name`` (None for a registered data set)."""
+    """``{"path", "sha256", "bytes"}`` of the data file ``name`` (None: a registered data set)."""
     from pyro_moe.registry import DATASETS
 
     if not isinstance(name, str) or name in DATASETS:
@@ -424,6 +437,11 @@ def _unlink(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError as e:
         raise StorageError.from_os_error(e, path, "cannot delete") from None
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    with suppress(OSError):  # it holds files the library did not write: they stay
+        path.rmdir()
 
 
 def _number(text: str) -> Any:

@@ -87,9 +87,14 @@ class Enumerate(Estimator):
                 return self.loss(model, guide, *args, **kwargs).item()
             return self.elbo.loss(*self._enumerated(model, guide), *args, **kwargs)
 
+    def takes_fast_path(self, guide) -> bool:
+        """Whether :meth:`loss` tries the one-pass collapsed path with ``guide`` (``fast`` and a
+        guide without latent sites); otherwise it runs TraceEnum_ELBO."""
+        return bool(self.fast and getattr(guide, "is_empty", False))
+
     def _collapsible(self, model, guide) -> bool:
         """Whether to try the one-pass path: ``fast``, an empty guide, not known to fail."""
-        if not (self.fast and getattr(guide, "is_empty", False)):
+        if not self.takes_fast_path(guide):
             return False
         return id(getattr(model, "__self__", model)) not in self._general
 
