@@ -39,6 +39,8 @@ from pyro_moe.errors import CheckpointError, StorageError
 ZIP_MAGIC = b"PK\x03\x04"
 #: the keys of a training checkpoint (``checkpoint.pt``)
 TRAINING_KEYS = ("model", "guide", "estimator", "optimizer", "param_store", "train_state", "rng")
+#: what Adam keeps per parameter (and ``max_exp_avg_sq`` with ``amsgrad``)
+ADAM_STATE = {"step", "exp_avg", "exp_avg_sq"}
 #: the keys of the best parameters (``best.pt``)
 BEST_KEYS = ("model", "guide")
 
@@ -111,6 +113,8 @@ def check_regular_file(path: Path, what: str) -> None:
     """Raise a :class:`StorageError` unless ``path`` is an existing regular file (after links)."""
     try:
         mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise StorageError(f"{what} {path} does not exist") from None
     except OSError as e:
         raise StorageError.from_os_error(e, path, f"cannot open {what}") from None
     if stat.S_ISDIR(mode):
@@ -377,11 +381,16 @@ def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, source: 
     for index, entry in per_param.items():
         if type(index) is not int or not 0 <= index < len(params) or not isinstance(entry, dict):
             raise bad(f"per-parameter entry {index!r:.40}")
+        group = next(g for g in groups if index in g["params"]) if entry else {}
+        expected = ADAM_STATE | ({"max_exp_avg_sq"} if group.get("amsgrad") else set())
+        if entry and set(entry) != expected:
+            raise bad(f"entries of parameter {index}")
         for key, value in entry.items():
-            if not isinstance(value, torch.Tensor):
+            like = params[index]
+            shape, dtype = ((), value.dtype) if key == "step" else (like.shape, like.dtype)
+            if not isinstance(value, torch.Tensor) or value.shape != shape or value.dtype != dtype:
                 raise bad(f"{key} of parameter {index}")
-            shape = () if key == "step" else params[index].shape
-            if value.shape != shape or not value.is_floating_point():
+            if not value.is_floating_point():
                 raise bad(f"{key} of parameter {index}")
 
 

@@ -501,14 +501,23 @@ class Trainer:
         self.run.write_metrics(self.history)
 
     def _check_batch_size(self) -> None:
-        """A new batch size may start at an epoch boundary; in the middle of an epoch the saved
-        position counts batches of the old size, so a different size is refused."""
+        """A new batch size may start at an epoch boundary. It is refused in the middle of an
+        epoch (the saved position counts batches of the old size) and when Pyro's param store
+        holds per-row state such as decaying-average baselines, whose shape is the old size."""
         old = self.state.batch_size
-        if self.state.batch and old and old != self.batch_size:
+        if not old or old == self.batch_size:
+            return
+        keep = f"resume with --batch-size {old}"
+        if self.state.batch:
             raise ConfigError(
                 f"{self.run.checkpoint} stopped in the middle of epoch {self.state.epoch + 1} "
                 f"(batch {self.state.batch} of {len(self.data.train) // old} at batch size {old}); "
-                f"resume with --batch-size {old}, or change the batch size at an epoch boundary"
+                f"{keep}, or change the batch size at an epoch boundary"
+            )
+        if checkpoint.param_store_state()["params"]:
+            raise ConfigError(
+                f"{self.run.checkpoint} holds per-row estimator state (Pyro baseline averages) "
+                f"for batch size {old}, not {self.batch_size}; {keep}"
             )
 
     # --- the loop -----------------------------------------------------------------------------
