@@ -10,7 +10,7 @@ DEMO := runs/demo
 DEMO_TRAIN := train moe --data bishop -K 3 -o gate=mlp --epochs 200 --batch-size 100 \
 	--lr 0.02 --patience 40 --overwrite
 
-.PHONY: venv demo test lint format bench clean
+.PHONY: venv demo test lint format bench notebooks clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,14 @@ test: $(STAMP)
 # into temporary folders; the full protocols are `python benchmarks/NAME.py` (see each docstring)
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_scripts.py -k benchmark
+
+# re-execute every notebook at its full budget and save it with its outputs and figures, so that
+# it reads where the code is hosted (the tests execute them again on a small budget); pyro imports
+# tqdm.auto, which warns in a kernel without ipywidgets
+notebooks: $(STAMP)
+	cd notebooks && for nb in *.ipynb; do \
+		MPLBACKEND=module://matplotlib_inline.backend_inline PYTHONWARNINGS="ignore:IProgress" \
+		../$(BIN)/jupyter-execute --inplace --timeout=3600 "$$nb" || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -37,7 +37,6 @@ References:
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import multiprocessing
@@ -57,6 +56,7 @@ from pyro_moe.checkpoint import atomic_write_json, atomic_write_text
 from pyro_moe.data import Split, load_dataset
 from pyro_moe.errors import ConfigError, PyroMoeError
 from pyro_moe.estimators.sampled import point_costs, run_traces
+from pyro_moe.estimators.temperature import Temperature
 from pyro_moe.experiment import RunSpec, build, build_estimator, build_model
 from pyro_moe.registry import ESTIMATORS, GUIDES
 from pyro_moe.runs import RunFolder, versions
@@ -88,10 +88,14 @@ MATCH = {
 
 # --- which estimators, built how -------------------------------------------------------------
 def schedule_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Jang et al.'s annealing for an estimator whose constructor takes a temperature schedule."""
-    wanted = {"temperature": 1.0, "schedule": "exp", "rate": args.anneal_rate, "tau_min": 0.5}
-    accepted = inspect.signature(ESTIMATORS[name]).parameters
-    return {k: v for k, v in wanted.items() if k in accepted} if "schedule" in accepted else {}
+    """Jang et al.'s annealing for an estimator whose temperature follows a schedule (a
+    :class:`~pyro_moe.estimators.temperature.Temperature`); none for the others."""
+    tempered = isinstance(getattr(ESTIMATORS[name](), "temperature", None), Temperature)
+    return (
+        {"temperature": 1.0, "schedule": "exp", "rate": args.anneal_rate, "tau_min": 0.5}
+        if tempered
+        else {}
+    )
 
 
 def refusal(name: str, model, guide, args: argparse.Namespace) -> str | None:

@@ -165,13 +165,18 @@ def mean_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (how many processes wanted a CPU), or None."""
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_before = load_average()
     began = time.perf_counter()
     results = {name: run_set(name, args.seeds, args.n_init) for name in args.sets}
     wall = time.perf_counter() - began
-    load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_after = load_average()
     columns = ["set", "method", "train LL/pt", "test LL/pt", "gap to EM (nats/pt)"]
     columns += ["gap to EM (%)", "accuracy", "collapsed fits", "seconds", "x EM time"]
     load = f"load average (1, 5, 15 min) {load_before} before and {load_after} after"

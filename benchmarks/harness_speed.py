@@ -15,9 +15,12 @@ Both must estimate the same expected gradient: the benchmark checks that their m
 within 5 standard errors of the difference (per coordinate, the largest z-score is reported).
 Target: vectorised >= 10x the loop's estimates per second for E = 1,000.
 
-The row ``hand-gumbel`` is the ``gumbel`` estimator's loss written by hand in PyTorch
-(``overhead.hand_moe_relaxed``) through the same two harness modes: what the loop and the
-vectorised mode cost without Pyro, i.e. the floor the vectorised Pyro path can approach.
+The ``hand-*`` rows are estimators' losses written by hand in PyTorch, through the same two
+harness modes: what the loop and the vectorised mode cost without Pyro, i.e. the floor the
+vectorised Pyro path can approach, one per family: ``hand-gumbel`` (``overhead.hand_moe_relaxed``)
+for the relaxed estimators, ``hand-reinforce`` (``overhead.hand_moe_reinforce``) for the plain
+score function, ``hand-rloo`` (``overhead.hand_moe_rloo``, 4 samples) for the multi-sample score
+function estimators. ``floor_ratio`` is the family floor's vectorised rate over the row's.
 
     python benchmarks/harness_speed.py                 # full protocol, E = 1000, 1 and 2 threads
     python benchmarks/harness_speed.py --estimates 8   # smoke run
@@ -27,11 +30,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
 import pyro
 import torch
-from overhead import hand_moe_relaxed
+from overhead import hand_moe_reinforce, hand_moe_relaxed, hand_moe_rloo
 from torch import nn
 
 from pyro_moe.benchmarking import markdown_table, write_results
@@ -40,24 +44,39 @@ from pyro_moe.registry import GUIDES, MODELS
 from pyro_moe.variance import gradient_samples
 
 TARGET_SPEEDUP = 10.0
-ESTIMATORS = ("rloo", "vimco", "nvil", "gumbel", "st-gumbel", "question", "hand-gumbel")
+ESTIMATORS = (
+    *("reinforce", "rloo", "vimco", "nvil", "gumbel", "st-gumbel", "question"),
+    *("hand-reinforce", "hand-rloo", "hand-gumbel"),
+)
 
 
-class HandGumbel(nn.Module):
-    """The ``gumbel`` loss written by hand, behind the estimator interface the harness calls."""
+class HandLoss(nn.Module):
+    """A loss written by hand, behind the estimator interface the harness calls."""
 
-    name = "hand-gumbel"
     vectorisable = True
+
+    def __init__(self, name: str, loss) -> None:
+        super().__init__()
+        self.name, self._loss = name, loss
 
     def check(self, guide) -> None:
         pass
 
     def loss(self, model, guide, x, y):
-        return hand_moe_relaxed(model.__self__, guide, x, y)
+        return self._loss(model.__self__, guide, x, y)
+
+
+#: hand-written floor -> (its loss, the estimators of its family)
+HAND = {
+    "hand-gumbel": (hand_moe_relaxed, ("gumbel", "st-gumbel", "question")),
+    "hand-reinforce": (hand_moe_reinforce, ("reinforce",)),
+    "hand-rloo": (hand_moe_rloo, ("rloo", "vimco", "nvil")),
+}
+FLOOR = {member: hand for hand, (_, family) in HAND.items() for member in family}
 
 
 def small_moe(seed: int, rows: int = 1000):
-    """Issue 7's small MoE, its posterior guide and one batch of ``rows`` synthetic points."""
+    """The small MoE of ``overhead.py``, its posterior guide and a batch of ``rows`` points."""
     pyro.clear_param_store()
     torch.manual_seed(seed)
     model = MODELS["moe"](5, 1, "regression", num_components=8, gate="mlp", hidden_dim=64)
@@ -80,7 +99,7 @@ def blocks(total: int, count: int) -> list[int]:
 
 
 def build(name: str, model):
-    return HandGumbel() if name == HandGumbel.name else build_estimator(name, model)
+    return HandLoss(name, HAND[name][0]) if name in HAND else build_estimator(name, model)
 
 
 def max_z(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -134,10 +153,10 @@ def measure(name: str, rows: int, args: argparse.Namespace) -> dict:
     }
 
 
-def report(rows: list[dict], args: argparse.Namespace) -> str:
+def report(rows: list[dict], args: argparse.Namespace, load: dict) -> str:
     columns = ["estimator", "rows", "threads", "estimates", "warmup_s", "loop_per_s"]
     columns += ["vectorised_per_s", "speedup"]
-    columns += ["max_z_means", "means_agree", "target_met"]
+    columns += ["floor_ratio", "max_z_means", "means_agree", "target_met"]
     return "\n".join(
         [
             "# Variance harness: gradient estimates per second, loop vs vectorised\n",
@@ -145,7 +164,8 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
             f"(N = {args.rows}), E = "
             f"{args.estimates} estimates per estimator, vectorised in chunks of "
             f"{args.chunk or 'about 131072 / N (picked from the batch size)'} estimates, "
-            f"torch threads {args.threads} (0: torch's default), on the CPU. Target: "
+            f"torch threads {args.threads} (0: torch's default), on the CPU; 1-minute load "
+            f"average {load['start']:.1f} at the start, {load['end']:.1f} at the end. Target: "
             f"speedup >= {TARGET_SPEEDUP:g}x. `max_z_means`: the largest per-coordinate z-score "
             "between the two modes' mean gradients over the coordinates that vary (they estimate "
             "the same expectation; `means_agree` allows 5 + 0.5 log(#coordinates)); coordinates "
@@ -161,28 +181,21 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
             "per estimate is its own backward pass through the gate and guide networks (an "
             "N x 64 activation gradient and the weight gradients per estimate), linear in E "
             "with no E x E term. On a small batch that work is tiny and the speedup is large; "
-            "at N = 1000 on one CPU thread it dominates, and the `hand-gumbel` row (the same "
-            "gumbel loss written in plain PyTorch, through the same two modes) shows the floor: "
-            "the Pyro loop's rate divided by the hand-written vectorised rate bounds what any "
-            "vectorisation of this computation reaches on this machine. With torch's default "
-            "thread count, rows measured while other work loaded the CPUs (the load average in "
-            "the machine line above) measure contention as much as parallel speed.\n",
-            "Before (the previous vectorised mode: one forward pass with an `estimates` plate, "
-            "then `torch.autograd.grad(..., is_grads_batched=True)` in chunks of 64, whose cost "
-            "grew with chunk x E; this file at commit 8ef9a0d, same protocol back to back, 1 "
-            "thread): N = 1000: 16-77 estimates/s vectorised against 57-103/s looped "
-            "(0.22x-0.77x); N = 50: 499-2398/s against 135-174/s (3.5x-13.8x).",
+            "at N = 1000 on one CPU thread it dominates, and the `hand-*` rows (the same losses "
+            "written in plain PyTorch, through the same two modes) show the floor of each "
+            "family: no vectorisation of this computation beats the hand-written vectorised "
+            "rate. With torch's default thread count, rows measured under load (the load "
+            "averages above) measure contention as much as parallel speed.\n",
         ]
     )
 
 
 def summary(rows: list[dict]) -> list[str]:
-    """Per (rows, threads): the range of Pyro speedups, and the hand-written reference."""
+    """Per (rows, threads): the range of Pyro speedups, and each family against its floor."""
     lines = []
     for key in sorted({(r["rows"], r["threads"]) for r in rows}, reverse=True):
         group = [r for r in rows if (r["rows"], r["threads"]) == key]
-        pyro_rows = [r for r in group if r["estimator"] != HandGumbel.name]
-        hand = [r for r in group if r["estimator"] == HandGumbel.name]
+        pyro_rows = [r for r in group if r["estimator"] not in HAND]
         if not pyro_rows:
             continue
         lo = min(pyro_rows, key=lambda r: r["speedup"])
@@ -193,20 +206,31 @@ def summary(rows: list[dict]) -> list[str]:
             f"{sum(r['target_met'] for r in pyro_rows)} of {len(pyro_rows)} estimators reach "
             f"{TARGET_SPEEDUP:g}x."
         )
-        if hand:
-            h = hand[0]
-            best = max(r["vectorised_per_s"] for r in pyro_rows)
-            line += (
-                f" Hand-written gumbel loss: {h['loop_per_s']:.0f}/s looped, "
-                f"{h['vectorised_per_s']:.0f}/s vectorised; the best Pyro estimator vectorised "
-                f"gives {best:.0f}/s."
-            )
+        floors = [
+            f"{r['estimator']} {r['floor_ratio']:.2f}x its floor"
+            for r in pyro_rows
+            if r.get("floor_ratio") is not None
+        ]
+        if floors:
+            line += f" Hand-written vectorised rate / Pyro's: {', '.join(floors)}."
         lines.append(line)
     return lines
 
 
+def add_floor_ratios(rows: list[dict]) -> None:
+    """``floor_ratio``: the family floor's vectorised rate over the row's (same N, threads)."""
+    for r in rows:
+        floor = [
+            h
+            for h in rows
+            if h["estimator"] == FLOOR.get(r["estimator"])
+            and (h["rows"], h["threads"]) == (r["rows"], r["threads"])
+        ]
+        r["floor_ratio"] = floor[0]["vectorised_per_s"] / r["vectorised_per_s"] if floor else None
+
+
 def main(args: argparse.Namespace) -> None:
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
     default_threads = torch.get_num_threads()
     rows = []
     for threads in map(int, args.threads.split(",")):
@@ -215,12 +239,14 @@ def main(args: argparse.Namespace) -> None:
             for name in args.estimators.split(","):
                 rows.append(measure(name, n, args))
                 print(rows[-1], flush=True)
-    markdown = report(rows, args)
+    add_floor_ratios(rows)
+    load = {"start": load_start, "end": os.getloadavg()[0]}
+    markdown = report(rows, args, load)
     write_results(
         "harness_speed",
         seed=args.seed,
         wall_seconds=time.perf_counter() - start,
-        results={"rows": rows, "target_speedup": TARGET_SPEEDUP},
+        results={"rows": rows, "target_speedup": TARGET_SPEEDUP, "load_average": load},
         markdown=markdown,
         out_dir=args.out,
     )

@@ -13,6 +13,7 @@ from pyro_moe.experiment import RunSpec, build, evaluate, load_run, run_experime
 from pyro_moe.gate import select
 from pyro_moe.registry import DATASETS, ESTIMATORS, GUIDES, MODELS
 from pyro_moe.train import FitResult, TrainConfig, fit
+from pyro_moe.variance import gradient_report
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ __all__ = [
     "build",
     "evaluate",
     "fit",
+    "gradient_report",
     "load_dataset",
     "load_run",
     "select",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pyro_moe import variance
 from pyro_moe.errors import ConfigError
@@ -57,6 +57,9 @@ COLUMN_NOTES = {
     "objective": "the objective whose exact gradient g (by enumeration) the estimator is scored "
     "against: its own (`elbo`, or `multi-sample-bound` for the S-sample bound), the ELBO for a "
     "biased one",
+    "reference": "how g was obtained: `exact` (enumeration), or `rloo x M (why)`, the mean of M "
+    "draws of an unbiased ELBO estimator where the sum over the discrete latents is out of reach "
+    "(its own noise is added to bias_noise)",
     "num_estimates": "E, the independent gradient estimates G_1..G_E drawn",
     "bias": "||mean_e G_e - g||",
     "bias_noise": "sqrt(variance / E): the bias an unbiased estimator shows from noise alone; "
@@ -68,6 +71,9 @@ COLUMN_NOTES = {
     "snr": "mean over coordinates of |mean_e G_ej| / std_e G_ej (coordinates whose spread is "
     "rounding are left out; inf when all are)",
     "cosine": "mean_e cos(G_e, g): how well one estimate points along the exact gradient",
+    "max_z": "max over coordinates of |mean_e G_ej - g_j| / se_j: below 4 for an unbiased "
+    "estimator (up to a rare false alarm)",
+    "note": "why an estimator was not measured (not applicable to the program), else empty",
     "seconds": "wall seconds per estimate",
     "work_variance": "variance x seconds: variance at a fixed compute budget (lower is better)",
     "final_valid_loss": "the validation objective (exact, per point) after training",
@@ -100,7 +106,9 @@ class HarnessSetup:
 def harness_setup(spec: RunSpec, batch_size: int = 256) -> HarnessSetup:
     """Build ``spec`` (seed's initialisation, the comparison's guide) and take the first
     ``batch_size`` validation rows (all of them when there are fewer)."""
-    data, model, guide, _ = build(replace(spec, estimator="enum", guide=_guide_for(spec)))
+    # any estimator the guide accepts: only the model, guide and batch are kept
+    probe = "enum" if MODELS[spec.model].traceenum_summable else "rloo"
+    data, model, guide, _ = build(replace(spec, estimator=probe, guide=_guide_for(spec)))
     valid = data.valid
     n = min(batch_size, len(valid))
     dtype = next(model.parameters()).dtype

@@ -41,7 +41,7 @@ from typing import Any
 import pyro
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pyro_moe import checkpoint
 from pyro_moe.base import PyroGuide, PyroModel

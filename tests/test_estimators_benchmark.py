@@ -4,11 +4,15 @@ files alone, and one-line errors for bad input."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "estimators_binarized_mnist.py"
@@ -35,6 +39,9 @@ def test_protocol_runs_resumes_and_assembles(tmp_path):
     assert record["steps"] == 2 and record["protocol"]["train_rows"] == 200
     assert record["test_neg_iw_bound"] <= record["test_neg_elbo"]  # L_S >= ELBO per image
     assert [c["epoch"] for c in record["curve"]] == [1]
+    relaxed = json.loads((out / NAME / "st-gumbel_seed0.json").read_text())
+    assert relaxed["estimator_options"]["schedule"] == "exp"
+    assert relaxed["curve"][0]["tau"] == pytest.approx(math.exp(-1e-4 * 2))  # after 2 steps
     assert record["machine"]["start"]["torch_threads"] == 1
     assert len(record["machine"]["end"]["load_average"]) == 3
 
@@ -62,8 +69,18 @@ def test_protocol_runs_resumes_and_assembles(tmp_path):
 
 
 def test_bad_input_is_one_line(tmp_path):
-    for args in (["--epochs", "0"], ["--estimators", "enum"], ["--estimators", "nope"]):
+    for args in (["--epochs", "0"], ["--estimators", "enum"]):
         result = run(*args, "--limit", "100", "--out", str(tmp_path))
         assert result.returncode == 2, args
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stderr.startswith("error: ")
+
+
+def test_every_tempered_estimator_is_annealed():
+    spec = importlib.util.spec_from_file_location("estimators_benchmark", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = script.parser().parse_args([])
+    annealed = [n for n in script.ESTIMATORS.names() if script.schedule_options(n, args)]
+    assert {"gumbel", "st-gumbel", "gumbel-rao", "concrete"} <= set(annealed)
+    assert "reinforce" not in annealed and "rloo" not in annealed

@@ -47,6 +47,14 @@ def test_own_split_is_used_exactly(tmp_path):
             assert part.y is None
 
 
+@pytest.mark.parametrize("name", ["task", "X", "seed"])
+def test_a_file_with_an_unknown_array_is_one_clear_data_error(tmp_path, name):
+    path = tmp_path / "odd.npz"
+    np.savez(path, x=np.zeros((9, 2)), **{name: np.zeros(9)})
+    with pytest.raises(DataError, match=f"unknown array.*{name}"):
+        load_dataset(str(path))
+
+
 def test_library_split_fractions_and_seed_are_settable(tmp_path):
     x, labels = blobs(100)
     y = x[:, 0] + x[:, 1]
@@ -145,3 +153,17 @@ def test_run_experiment_takes_a_model_name_and_a_dataset(tmp_path):
         load_run(tmp_path / "run")
     with pytest.raises(ConfigError, match="no data"):
         build(RunSpec(model="gmm"))
+
+
+def test_data_options_apply_to_a_file_from_the_shell(tmp_path):
+    x, labels = blobs(60)
+    path = tmp_path / "xy.npz"
+    np.savez(path, x=x, y=labels)  # integer y: classification, unless told otherwise
+    out = tmp_path / "run"
+    argv = ["train", "gmm", "--data", str(path), "-K", "3", "--out", str(out), "--quiet"]
+    options = ["--data-option", "task=clustering", "--data-option", "valid_fraction=0.25"]
+    assert main([*argv, *options, "--epochs", "1", "--no-figures"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["data_options"] == {"task": "clustering", "valid_fraction": 0.25}
+    assert "test_ari" in json.loads((out / "summary.json").read_text())
+    assert main([*argv, "--data-option", "folds=3", "--overwrite"]) == 2

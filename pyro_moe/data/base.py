@@ -120,12 +120,7 @@ class Dataset:
 
         ``Dataset.from_arrays(**np.load("file.npz"))`` reads a file's arrays; an unknown array
         name, a mix of both forms or a missing split is a :class:`DataError`."""
-        unknown = sorted(set(arrays) - set(ARRAY_NAMES))
-        if unknown:
-            raise DataError(
-                f"unknown array(s) {', '.join(unknown)}; use {', '.join(LIBRARY_SPLIT)} "
-                f"(split by the library) or {', '.join(OWN_SPLIT)} (your own split)"
-            )
+        check_array_names(arrays)
         if "x" in arrays:
             mixed = sorted(set(arrays) & set(OWN_SPLIT))
             if mixed:
@@ -277,6 +272,16 @@ def split_arrays(
     )
 
 
+def check_array_names(arrays: Any) -> None:
+    """Every name is one of :data:`ARRAY_NAMES`, else a :class:`DataError` listing them."""
+    unknown = sorted(set(arrays) - set(ARRAY_NAMES))
+    if unknown:
+        raise DataError(
+            f"unknown array(s) {', '.join(unknown)}; use {', '.join(LIBRARY_SPLIT)} "
+            f"(split by the library) or {', '.join(OWN_SPLIT)} (your own split)"
+        )
+
+
 def infer_task(y: Any) -> str:
     """``classification`` for integer (or boolean) ``y``, ``regression`` for float ``y``,
     ``clustering`` without ``y``."""
@@ -397,6 +402,7 @@ def load_npz(
     if "x" not in arrays and "x_train" not in arrays:
         found = ", ".join(arrays) or "none"
         raise DataError(f"{path} has no array 'x' or 'x_train' (found: {found})")
+    check_array_names(arrays)
     return Dataset.from_arrays(
         path.stem,
         task,

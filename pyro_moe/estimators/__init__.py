@@ -4,14 +4,21 @@
 """
 
 from pyro_moe.estimators import (  # noqa: F401  (register the estimators)
+    arsm,
     concrete,
     enum,
     gumbel,
     gumbel_rao,
+    indecater,
     nvil,
     question,
+    rebar,
     reinforce,
+    reinmax,
+    relax,
     rloo,
+    sum_and_sample,
+    unordered,
     vimco,
 )
 from pyro_moe.estimators.base import Estimator, value_with_gradient_of

@@ -74,6 +74,13 @@ class Estimator(nn.Module):
     bias: ClassVar[str] = ""
     #: whether the variance harness may draw estimates with torch.func.vmap (pyro_moe.vectorised)
     vectorisable: ClassVar[bool] = True
+    #: whether the model must read the sampled value through ``pyro_moe.gate.select`` (a relaxed
+    #: one-hot vector arrives instead of an index)
+    needs_select: ClassVar[bool] = False
+    #: the guide's sites the estimator acts on (None: every latent site with a discrete support)
+    sites: tuple[str, ...] | None = None
+    #: the plate over data points (per-point costs, baselines and exact sums use it)
+    data_plate: str = "data"
 
     def __init__(self, *, num_particles: int = 1, max_plate_nesting: int = 1) -> None:
         super().__init__()

@@ -44,9 +44,9 @@ from pyro.poutine.messenger import Messenger
 
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.sampled import (
-    _in_data_plate,
     _sample_sites,
     discrete_sites,
+    in_plate,
     is_discrete,
     point_costs,
     run_traces,
@@ -89,7 +89,7 @@ def _nothing(*args: Any, **kwargs: Any) -> None:
     return None
 
 
-def _probe(guide, args, kwargs, nesting: int, sites: Sequence[str] | None):
+def _probe(guide, args, kwargs, nesting: int, sites: Sequence[str] | None, plate: str):
     """One run of the guide inside size-1 estimates/particles plates: its trace and the sites."""
     with poutine.block():
         _, trace = run_traces(_nothing, guide, args, kwargs, 1, 1, nesting)
@@ -103,10 +103,10 @@ def _probe(guide, args, kwargs, nesting: int, sites: Sequence[str] | None):
         raise NotEnumerable(
             f"the guide samples continuous site(s) {', '.join(others)}: no finite sum over them"
         )
-    outside = [n for n in names if not _in_data_plate(trace.nodes[n])]
+    outside = [n for n in names if not in_plate(trace.nodes[n], plate)]
     if outside:
         raise NotEnumerable(
-            f"exact objectives need the discrete guide sites in the `data` plate; "
+            f"exact objectives need the discrete guide sites in the `{plate}` plate; "
             f"{', '.join(outside)} lie outside it"
         )
     if not names:  # the model's own discrete sites, if any, are summed out by TraceEnum_ELBO
@@ -127,6 +127,13 @@ def joint_assignments(trace, names: Sequence[str], nesting: int) -> dict[str, to
     shapes = {n: _cells(trace.nodes[n]) for n in names}
     digits = [(n, shapes[n][1]) for n in names for _ in range(math.prod(shapes[n][0]))]
     total = math.prod(k for _, k in digits)
+    points = trace.nodes[names[0]]["value"].shape[-1]
+    if total * points > MAX_TERMS:
+        sizes = ", ".join(f"{n}: {shapes[n][1]}^{math.prod(shapes[n][0])}" for n in names)
+        raise NotEnumerable(
+            f"{total:.3g} joint values per point ({sizes}) x {points} points: more than "
+            f"{MAX_TERMS:,} terms to sum"
+        )
     index = torch.arange(total)
     values: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     for name, k in digits:  # mixed radix: the first cell varies slowest
@@ -142,14 +149,13 @@ def joint_assignments(trace, names: Sequence[str], nesting: int) -> dict[str, to
 
 
 def assignment_table(
-    model, guide, args: Sequence[Any], kwargs: dict, nesting: int, sites=None
+    model, guide, args: Sequence[Any], kwargs: dict, nesting: int, sites=None, plate: str = "data"
 ) -> Table:
-    """The table of the module docstring for ``model`` and ``guide`` on ``args``."""
-    trace, names = _probe(guide, args, kwargs, nesting, sites)
+    """The table of the module docstring for ``model`` and ``guide`` on ``args`` (``plate``: the
+    data plate's name)."""
+    trace, names = _probe(guide, args, kwargs, nesting, sites, plate)
     values = joint_assignments(trace, names, nesting)
-    a, n = next(iter(values.values())).shape[0], trace.nodes[names[0]]["value"].shape[-1]
-    if a * n > MAX_TERMS:
-        raise NotEnumerable(f"{a} joint assignments per point x {n} points is too many to sum")
+    a = next(iter(values.values())).shape[0]
     model_trace, guide_trace = run_traces(
         model, PutValues(values)(guide), args, kwargs, a, 1, nesting
     )
@@ -160,7 +166,7 @@ def assignment_table(
     ]
     if extra:
         raise _ModelSums(extra)
-    costs = point_costs(model_trace, guide_trace, nesting, names)
+    costs = point_costs(model_trace, guide_trace, nesting, names, plate=plate)
     return Table(costs.f[:, 0], costs.logq[:, 0], costs.scale)
 
 
@@ -168,22 +174,23 @@ class _ModelSums(Exception):
     """The model has discrete latent sites of its own (summed out by TraceEnum_ELBO)."""
 
 
-def exact_objective(
-    estimator, model, guide, *args: Any, sites: Sequence[str] | None = None, **kwargs: Any
-) -> torch.Tensor:
+def exact_objective(estimator, model, guide, *args: Any, **kwargs: Any) -> torch.Tensor:
     """The exact objective ``estimator.unbiased_for`` (a scalar tensor; differentiate it for the
     exact gradient). Raises :class:`NotEnumerable` when out of reach."""
     name = estimator.unbiased_for
     if name is None:
         raise ConfigError(f"estimator {estimator.name!r} is biased: it declares no objective")
-    return objective(name, estimator, model, guide, args, kwargs, sites)
+    return objective(name, estimator, model, guide, args, kwargs)
 
 
-def objective(name: str, estimator, model, guide, args, kwargs, sites=None) -> torch.Tensor:
-    """The exact objective ``name`` (see :data:`OBJECTIVES`) for ``estimator``'s options."""
+def objective(name: str, estimator, model, guide, args, kwargs) -> torch.Tensor:
+    """The exact objective ``name`` (see :data:`OBJECTIVES`) for ``estimator``'s options: its
+    ``num_particles``, ``max_plate_nesting``, ``sites`` and ``data_plate``."""
     nesting = estimator.max_plate_nesting
     try:
-        table = assignment_table(model, guide, args, kwargs, nesting, sites)
+        table = assignment_table(
+            model, guide, args, kwargs, nesting, estimator.sites, estimator.data_plate
+        )
     except _ModelSums as e:
         if name != "elbo":
             raise NotEnumerable(

@@ -47,14 +47,21 @@ class Question(TemperedEstimator):
 
     def handler(self):
         self._stash = {}
-        return (lambda fn: fn), RelaxCluster(self._guide_site, self._stash)
+        return (lambda fn: fn), RelaxCluster(
+            self._guide_site, self._stash, self.sites, per_site=True
+        )
 
     def objective(self, costs: Costs, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        beta = self._stash["beta"]  # [E, S, ..., N]
-        while beta.dim() < costs.f.dim():
-            beta = beta.unsqueeze(0)
-        if beta.dim() > 3:
-            beta = beta.sum(dim=tuple(range(2, beta.dim() - 1)))
+        beta = sum(_per_point(site["beta"], costs.f.dim()) for site in self._stash.values())
         value = costs.f.sum(-1).mean(-1)
         surrogate = value + (costs.f.detach() * beta).sum(-1).mean(-1)
         return value, surrogate
+
+
+def _per_point(beta: torch.Tensor, dim: int) -> torch.Tensor:
+    """A site's ``[E, S, ..., N]`` weights summed to ``[E, S, N]``."""
+    while beta.dim() < dim:
+        beta = beta.unsqueeze(0)
+    if beta.dim() > 3:
+        beta = beta.sum(dim=tuple(range(2, beta.dim() - 1)))
+    return beta

@@ -31,6 +31,7 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -189,29 +190,42 @@ class GumbelArgmax(dist.TorchDistribution):
         return dist.Categorical(logits=self.logits).log_prob(value)
 
 
-def categorical_logits(fn: Any) -> torch.Tensor:
+def categorical_logits(fn: Any, name: str = CLUSTER) -> torch.Tensor:
     logits = getattr(fn, "logits", None)
     if logits is None:
         raise ConfigError(
-            f"the `cluster` site must be a Categorical(logits=...); got {type(fn).__name__}"
+            f"the `{name}` site must be a Categorical(logits=...); got {type(fn).__name__}"
         )
     return logits
 
 
 class RelaxCluster(Messenger):
-    """Swap the ``cluster`` site's distribution: ``make(logits, state)`` builds the new one. Two
-    instances share ``state`` (the guide's runs first and leaves its logits there)."""
+    """Swap the distribution of the discrete sites an estimator acts on: ``make(logits, state)``
+    builds the new one. ``sites``: the names (None: ``cluster`` and every latent site with a
+    discrete support). Two instances share ``state`` (the guide's runs first and leaves its
+    logits there): ``make`` gets ``state`` itself, or with ``per_site=True`` one dict per site
+    (``state[name]``), so that several sites do not overwrite each other's entries."""
 
-    def __init__(self, make, state: dict) -> None:
+    def __init__(
+        self, make, state: dict, sites: Sequence[str] | None = None, per_site: bool = False
+    ) -> None:
         super().__init__()
-        self.make, self.state = make, state
+        self.make, self.state, self.sites, self.per_site = make, state, sites, per_site
+
+    def _acts_on(self, msg) -> bool:
+        if self.sites is not None:
+            return msg["name"] in self.sites
+        support = getattr(msg["fn"], "support", None)
+        discrete = not msg["is_observed"] and bool(getattr(support, "is_discrete", False))
+        return discrete or msg["name"] == CLUSTER
 
     def _pyro_sample(self, msg) -> None:
-        if msg["name"] != CLUSTER:
+        if not self._acts_on(msg):
             return
         if msg["is_observed"]:
-            raise ConfigError("relaxed estimators need an unobserved `cluster` site")
-        msg["fn"] = self.make(categorical_logits(msg["fn"]), self.state)
+            raise ConfigError(f"relaxed estimators need an unobserved `{msg['name']}` site")
+        state = self.state.setdefault(msg["name"], {}) if self.per_site else self.state
+        msg["fn"] = self.make(categorical_logits(msg["fn"], msg["name"]), state)
 
 
 class TemperedEstimator(SampledEstimator):
@@ -241,6 +255,7 @@ class RelaxedEstimator(TemperedEstimator):
 
     unbiased_for = None
     uses_score = False
+    needs_select = True
     mode = "soft"
 
     def guide_site(self, logits: torch.Tensor, state: dict) -> dist.TorchDistribution:
@@ -252,8 +267,8 @@ class RelaxedEstimator(TemperedEstimator):
 
     def handler(self):
         state: dict = {}
-        guide_handler = RelaxCluster(self.guide_site, state)
-        model_handler = RelaxCluster(self.model_site, state)
+        guide_handler = RelaxCluster(self.guide_site, state, self.sites, per_site=True)
+        model_handler = RelaxCluster(self.model_site, state, self.sites, per_site=True)
         return model_handler, guide_handler
 
     def objective(self, costs: Costs, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:

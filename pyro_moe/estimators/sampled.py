@@ -81,16 +81,19 @@ def run_traces(
     return model_trace, guide_trace
 
 
-def _in_data_plate(site: dict) -> bool:
-    return any(frame.name == DATA for frame in site["cond_indep_stack"])
+def in_plate(site: dict, plate: str = DATA) -> bool:
+    """Whether ``site`` lies inside the plate named ``plate``."""
+    return any(frame.name == plate for frame in site["cond_indep_stack"])
 
 
-def _point_terms(site: dict, nesting: int, key: str = "log_prob") -> torch.Tensor:
+def _point_terms(
+    site: dict, nesting: int, key: str = "log_prob", plate: str = DATA
+) -> torch.Tensor:
     """A site's log-density summed to ``[E, S, N]`` (or ``[E, S, 1]`` outside the data plate)."""
     lp = site[key]
     while lp.dim() < nesting + 2:
         lp = lp.unsqueeze(0)
-    if _in_data_plate(site):
+    if in_plate(site, plate):
         return lp.sum(dim=tuple(range(2, lp.dim() - 1))) if lp.dim() > 3 else lp
     return lp.sum(dim=tuple(range(2, lp.dim())), keepdim=False).unsqueeze(-1)
 
@@ -130,26 +133,28 @@ def point_costs(
     nesting: int,
     sites: Sequence[str] | None = None,
     score: bool = True,
+    plate: str = DATA,
 ) -> Costs:
     """Reduce two traces to per-point costs (see the module docstring); ``logq`` sums the
     guide's :func:`discrete_sites` (``sites``: those named). ``score=False``: an estimator that
-    does not use the score (a relaxed one) gets ``logq = 0`` when the guide has no discrete site."""
+    does not use the score (a relaxed one) gets ``logq = 0`` when the guide has no discrete site.
+    ``plate`` names the data plate (``data`` in this library's models)."""
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
     data_terms, global_terms, scales = [], [], []
     for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
         for site in _sample_sites(trace):
-            term = sign * _point_terms(site, nesting)
-            if _in_data_plate(site):
+            term = sign * _point_terms(site, nesting, plate=plate)
+            if in_plate(site, plate):
                 data_terms.append(term)
                 scales.append(_scale(site))
             else:
                 global_terms.append(term)
     names = discrete_sites(guide_trace, sites)
-    outside = [n for n in names if not _in_data_plate(guide_trace.nodes[n])]
+    outside = [n for n in names if not in_plate(guide_trace.nodes[n], plate)]
     if not data_terms or (score and not names) or outside:
         raise ConfigError(
-            "a sampling estimator needs the guide's discrete site(s) inside the `data` plate; "
+            f"a sampling estimator needs the guide's discrete site(s) inside the `{plate}` plate; "
             f"found {', '.join(names) or 'none'}"
             + (f" ({', '.join(outside)} outside it)" if outside else "")
         )
@@ -158,7 +163,9 @@ def point_costs(
     if global_terms:
         f = f + sum(global_terms) / batch
     shape = f.shape[:2] + (batch,)
-    logq = sum(_point_terms(guide_trace.nodes[n], nesting, "unscaled_log_prob") for n in names)
+    logq = sum(
+        _point_terms(guide_trace.nodes[n], nesting, "unscaled_log_prob", plate) for n in names
+    )
     logq = logq if names else f.new_zeros(shape)
     scale = _scale(guide_trace.nodes[names[0]]) if names else scales[0]
     return Costs(f.expand(shape), logq.expand(shape), scale, guide_trace, model_trace)
@@ -176,8 +183,6 @@ class SampledEstimator(Estimator):
     min_particles: int = 1
     #: whether :meth:`objective` uses the score log q (False: relaxed, pathwise estimators)
     uses_score: bool = True
-    #: the guide sites the estimator acts on (None: every latent discrete site of the guide)
-    sites: tuple[str, ...] | None = None
 
     def __init__(self, *, num_particles: int = 1, max_plate_nesting: int = 1) -> None:
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
@@ -204,7 +209,12 @@ class SampledEstimator(Estimator):
             self.handler(),
         )
         return point_costs(
-            model_trace, guide_trace, self.max_plate_nesting, self.sites, self.uses_score
+            model_trace,
+            guide_trace,
+            self.max_plate_nesting,
+            self.sites,
+            self.uses_score,
+            self.data_plate,
         )
 
     def objective(self, costs: Costs, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
