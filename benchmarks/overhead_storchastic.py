@@ -38,6 +38,7 @@ from torch import nn
 from torch.distributions import OneHotCategorical, kl_divergence
 
 from pyro_moe.benchmarking import markdown_table, write_results
+from pyro_moe.cli import OneLineParser
 from pyro_moe.errors import ConfigError, PyroMoeError
 from pyro_moe.experiment import build_estimator
 from pyro_moe.nn import mlp
@@ -74,6 +75,7 @@ SHARED: dict[str, tuple[dict, Callable]] = {
         lambda m: m.GumbelSoftmax("z", n_samples=1, straight_through=True, min_temperature=1.0),
     ),
     "rebar": ({}, lambda m: m.REBAR("z", n_samples=1)),
+    "unordered": ({"num_particles": 2}, lambda m: m.UnorderedSetEstimator("z", k=2)),
     "relax": ({}, lambda m: m.RELAX("z", n_samples=1, in_dim=(LATENTS, CLASSES))),
 }
 
@@ -100,7 +102,7 @@ class StorchVAE(nn.Module):
         data = storch.denote_independent(x, 0, "data")
         logits = storch.deterministic(self.encode)(data)
         logits = logits.reshape(logits.shape[:-1] + (LATENTS, CLASSES))
-        posterior = OneHotCategorical(logits=logits)
+        posterior = OneHotCategorical(probs=logits.softmax(-1))  # as the example (REBAR, RELAX)
         prior = OneHotCategorical(probs=torch.full_like(posterior.probs, 1.0 / CLASSES))
         storch.add_cost(kl_divergence(posterior, prior).sum(-1), "kl")
         z = self.method(posterior)
@@ -219,7 +221,8 @@ def report(rows: list[dict], args: argparse.Namespace, load: dict) -> str:
         f"warm-up steps; 1-minute load average {load['start']:.1f} at the start and "
         f"{load['end']:.1f} at the end. ratio = pyro-moe / Storchastic (target: <= 1 for every "
         "row). Options matched per row: particles (rloo: 4 samples with the leave-one-out "
-        "baseline, Storchastic's batch_average), the moving-average decay (reinforce-avg: 0.95), "
+        "baseline, Storchastic's batch_average; unordered: sets of 2), the moving-average "
+        "decay (reinforce-avg: 0.95), "
         "temperature 1 (Storchastic's annealing floor set to 1). Storchastic adds the KL as an "
         "analytic cost for every method; pyro-moe's score-function estimators use the sampled "
         "log p(c) - log q(c|x).\n\n" + markdown_table(rows, columns)
@@ -227,7 +230,7 @@ def report(rows: list[dict], args: argparse.Namespace, load: dict) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--estimators", default="all", help="comma-separated, or all shared ones")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--warmup", type=int, default=10)

@@ -460,6 +460,8 @@ def gradient_report(
         if seed is not None:
             torch.manual_seed(seed)
         info = programs.inspect_program(model, guide, args, kwargs, sites)
+    if not info.sites:
+        raise ConfigError("the guide samples no discrete site: there is no gradient to estimate")
     rows: list[dict[str, Any]] = []
     references: dict = {}
     for name in estimators:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import pyro_moe.estimators  # noqa: F401
-from pyro_moe import variance
+from pyro_moe import gradient_report, select, variance
 from pyro_moe.estimators.objectives import exact_objective
 from pyro_moe.estimators.points import top_k_assignments
 from pyro_moe.estimators.reinmax import ReinMaxGate
@@ -210,3 +210,44 @@ def test_reinmax_is_one_hot_forward_and_heun_backward(float64):
     pi0 = theta.detach().softmax(-1)
     pi1 = (hard + (theta.detach() / tau).softmax(-1)) / 2
     assert torch.allclose(grad, 2 * jvp(pi1) - jvp(pi0) / 2, atol=1e-12)
+
+
+def _plain_gmm(read):
+    """Plain functions with param-store parameters and their own names (plate ``points``)."""
+
+    def model(x):
+        weights = pyro.param("weights", torch.ones(3) / 3, constraint=dist.constraints.simplex)
+        locs = pyro.param("locs", torch.tensor([-2.0, 0.0, 2.0]))
+        with pyro.plate("points", len(x)):
+            z = pyro.sample("z", dist.Categorical(weights))
+            pyro.sample("x", dist.Normal(read(locs, z), 1.0), obs=x)
+
+    def guide(x):
+        logits = pyro.param("assignment_logits", 0.3 * torch.randn(len(x), 3))
+        with pyro.plate("points", len(x)):
+            pyro.sample("z", dist.Categorical(logits=logits))
+
+    return model, guide
+
+
+X = torch.tensor([-2.1, -1.5, 0.2, 1.9, 2.4])
+POINTS = ("unordered", "sum-and-sample", "indecater", "arsm")
+RELAXED = ("rebar", "relax", "reinmax")
+
+
+def test_gradient_report_runs_the_point_estimators_on_an_indexing_program(float64):
+    model, guide = _plain_gmm(lambda locs, z: locs[z])
+    rows = gradient_report(model, guide, X, estimators=POINTS + RELAXED, num_estimates=1000)
+    for row in rows:
+        if row["estimator"] in POINTS:
+            assert row["reference"] == "exact" and row["note"] == "", row
+            assert row["max_z"] < 4, row
+        else:
+            assert row["note"].startswith(f"not applicable: {row['estimator']} puts a relaxed")
+
+
+def test_gradient_report_runs_rebar_relax_and_reinmax_on_a_select_program(float64):
+    model, guide = _plain_gmm(select)
+    rows = gradient_report(model, guide, X, estimators=RELAXED, num_estimates=300)
+    assert all(r["note"] == "" and math.isfinite(r["bias"]) for r in rows)
+    assert all(r["max_z"] < 4 for r in rows if r["estimator"] != "reinmax"), rows

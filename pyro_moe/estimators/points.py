@@ -230,7 +230,9 @@ class PointEstimator(SampledEstimator):
             nesting,
             (_identity, pick),
         )
-        costs = point_costs(model_trace, guide_trace, nesting, [state["site"]])
+        costs = point_costs(
+            model_trace, guide_trace, nesting, [state["site"]], plate=self.data_plate
+        )
         return PointCosts(costs.f, costs.logq, costs.scale, guide_trace, model_trace, state)
 
 
