@@ -179,7 +179,7 @@ def check_run_folder(run: RunFolder, expected: dict[str, Any]) -> bool:
     if not run.has_checkpoint():
         run.clear()
         return False
-    stored = run.read_config().get("protocol")
+    stored = run.read_config().spec.get("protocol")
     if stored != expected:
         raise ConfigError(
             f"{run.path} holds a run of another protocol ({stored}); remove it or choose --runs"
