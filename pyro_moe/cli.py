@@ -5,9 +5,11 @@
     pyro-moe evaluate RUN_DIR
     pyro-moe compare-estimators --model moe --data NAME --estimators a,b,c --out DIR
 
-Errors a user can cause print one line, ``pyro-moe: error: ...``, and exit with status 2.
+Errors a user can cause, malformed stored files and operating-system errors (disk full, a
+read-only file system) print one line, ``pyro-moe: error: ...``, and exit with status 2.
 SIGINT / SIGTERM during training finish the step, write a checkpoint, print one line and exit
-with status 130 / 143 (``--resume`` continues the run exactly).
+with status 130 / 143 (``--resume`` continues the run exactly); SIGTERM at any other moment is one
+line and 143 too. See docs/reliability.md.
 """
 
 from __future__ import annotations
