@@ -71,8 +71,8 @@ COLUMN_NOTES = {
     "snr": "mean over coordinates of |mean_e G_ej| / std_e G_ej (coordinates whose spread is "
     "rounding are left out; inf when all are)",
     "cosine": "mean_e cos(G_e, g): how well one estimate points along the exact gradient",
-    "max_z": "max over coordinates of |mean_e G_ej - g_j| / se_j: below 4 for an unbiased "
-    "estimator (up to a rare false alarm)",
+    "max_z": "max over coordinates of |mean_e G_ej - g_j| / se_j: about sqrt(2 ln P) over P "
+    "coordinates for an unbiased estimator (below 4 for a few thousand)",
     "note": "why an estimator was not measured (not applicable to the program), else empty",
     "seconds": "wall seconds per estimate",
     "work_variance": "variance x seconds: variance at a fixed compute budget (lower is better)",
