@@ -14,6 +14,7 @@ import time
 
 from pyro_moe import RunSpec, TrainConfig, build, fit
 from pyro_moe.benchmarking import markdown_table, write_results
+from pyro_moe.cli import OneLineParser
 
 MOE = {"num_components": 3, "gate": "mlp", "expert": "linear"}
 CONFIGS = [
@@ -89,7 +90,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)

@@ -33,6 +33,7 @@ from pyro_moe.models.vade import VaDE, lr_step_decay, pretrain_and_init
 
 from pyro_moe import metrics
 from pyro_moe.benchmarking import RESULTS, fixed_budget, markdown_table, write_results
+from pyro_moe.cli import OneLineParser
 from pyro_moe.data import load_dataset
 from pyro_moe.experiment import build_estimator
 from pyro_moe.registry import GUIDES
@@ -42,7 +43,7 @@ PUBLISHED = {"vade": 0.9446}  # Jiang et al. 2017, Table 2 (MNIST accuracy)
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="mnist", help="mnist (split 'all') or digits")
     p.add_argument("--limit", type=int, default=None, help="keep the first rows (smoke runs)")
     p.add_argument("--hidden", default="500-500-2000")

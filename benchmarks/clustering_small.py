@@ -26,6 +26,7 @@ from sklearn.cluster import KMeans
 
 from pyro_moe import metrics
 from pyro_moe.benchmarking import RESULTS, markdown_table, write_results
+from pyro_moe.cli import OneLineParser
 from pyro_moe.data import load_dataset
 from pyro_moe.data.base import Dataset, Split
 
@@ -38,7 +39,7 @@ BASELINES = ("kmeans", "em_full", "em_diag")
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="digits", choices=sorted(DEFAULTS))
     p.add_argument("--n", type=int, default=None, help="rows (spirals: 1500; digits: all 1797)")
     p.add_argument("--hidden")

@@ -53,6 +53,7 @@ import torch
 
 from pyro_moe.benchmarking import RESULTS, command_line, fixed_budget, markdown_table
 from pyro_moe.checkpoint import atomic_write_json, atomic_write_text
+from pyro_moe.cli import OneLineParser
 from pyro_moe.data import Split, load_dataset
 from pyro_moe.errors import ConfigError, PyroMoeError
 from pyro_moe.estimators.sampled import point_costs, run_traces
@@ -178,7 +179,7 @@ def check_run_folder(run: RunFolder, expected: dict[str, Any]) -> bool:
     if not run.has_checkpoint():
         run.clear()
         return False
-    stored = run.read_config().get("protocol")
+    stored = run.read_config().spec.get("protocol")
     if stored != expected:
         raise ConfigError(
             f"{run.path} holds a run of another protocol ({stored}); remove it or choose --runs"
@@ -480,7 +481,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--estimators", default="all", help="comma-separated names, or all")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=100)

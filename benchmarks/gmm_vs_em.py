@@ -31,6 +31,7 @@ from pyro_moe.models.gmm import fit_em, has_collapsed
 
 from pyro_moe import Dataset, RunSpec, TrainConfig, metrics, run_experiment
 from pyro_moe.benchmarking import markdown_table, write_results
+from pyro_moe.cli import OneLineParser
 
 STARTS = {"gmm": {}, "gmm em_iters=0": {"em_iters": 0}}
 
@@ -215,7 +216,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--sets", type=lambda s: s.split(","), default=list(SETS))
     p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
     p.add_argument("--n-init", type=int, default=5, help="restarts, for both")

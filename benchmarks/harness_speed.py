@@ -39,6 +39,7 @@ from overhead import hand_moe_reinforce, hand_moe_relaxed, hand_moe_rloo
 from torch import nn
 
 from pyro_moe.benchmarking import markdown_table, write_results
+from pyro_moe.cli import OneLineParser
 from pyro_moe.experiment import build_estimator
 from pyro_moe.registry import GUIDES, MODELS
 from pyro_moe.variance import gradient_samples
@@ -254,7 +255,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--estimates", type=int, default=1000)
     p.add_argument("--rows", default="1000,50", help="batch sizes, comma-separated")
     p.add_argument(

@@ -33,6 +33,7 @@ from pyro_moe.benchmarking import (
     rss_mb,
     write_results,
 )
+from pyro_moe.cli import OneLineParser
 
 
 def vade_child(batch: int, steps: int, seed: int) -> dict:
@@ -188,7 +189,7 @@ def report(peaks: list[dict], grow: list[dict], args: argparse.Namespace) -> str
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, nargs="+", default=[100, 256])
     p.add_argument("--steps", type=int, default=30, help="VaDE steps per batch size")
     p.add_argument("--growth-steps", type=int, default=1000)

@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 from pyro_moe import RunSpec, build, fit  # noqa: E402
 from pyro_moe.benchmarking import fixed_budget, markdown_table, write_results  # noqa: E402
+from pyro_moe.cli import OneLineParser  # noqa: E402
 from pyro_moe.data import load_dataset  # noqa: E402
 
 MODELS = {
@@ -42,7 +43,7 @@ MODELS = {
 @torch.no_grad()
 def specialisation(model, x: torch.Tensor, digits: torch.Tensor, k: int) -> torch.Tensor:
     """counts[e, d]: test images of digit d whose most probable expert is e."""
-    log_gate = model.gate_log_probs(x) if hasattr(model, "gate_log_probs") else model.gate(x)
+    log_gate = model.gate_log_probs(x)
     expert = log_gate.argmax(-1)
     counts = torch.zeros(k, 10, dtype=torch.long)
     counts.index_put_((expert, digits), torch.ones_like(digits), accumulate=True)
@@ -120,7 +121,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=5000)
     parser.add_argument("--experts", type=int, default=5)
     parser.add_argument("--hidden", type=int, default=64)

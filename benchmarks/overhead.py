@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_moe.benchmarking import markdown_table, write_results
+from pyro_moe.cli import OneLineParser
 from pyro_moe.data import split_arrays
 from pyro_moe.estimators import ESTIMATORS
 from pyro_moe.estimators.relaxed import conditional_gumbels, gumbel_like, one_hot
@@ -565,7 +566,7 @@ def report(results: dict, args: argparse.Namespace, load: dict) -> str:
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=300, help="timed steps per method, small MoE")
     p.add_argument("--cat-steps", type=int, default=200, help="timed steps, categorical VAE")
     p.add_argument("--cat-batch", type=int, default=100)

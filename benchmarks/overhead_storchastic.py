@@ -38,6 +38,7 @@ from torch import nn
 from torch.distributions import OneHotCategorical, kl_divergence
 
 from pyro_moe.benchmarking import markdown_table, write_results
+from pyro_moe.cli import OneLineParser
 from pyro_moe.errors import ConfigError, PyroMoeError
 from pyro_moe.experiment import build_estimator
 from pyro_moe.nn import mlp
@@ -229,7 +230,7 @@ def report(rows: list[dict], args: argparse.Namespace, load: dict) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--estimators", default="all", help="comma-separated, or all shared ones")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--warmup", type=int, default=10)

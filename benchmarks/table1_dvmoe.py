@@ -26,6 +26,7 @@ import torch
 
 from pyro_moe import RunSpec, build, fit, metrics
 from pyro_moe.benchmarking import fixed_budget, markdown_table, write_results
+from pyro_moe.cli import OneLineParser
 
 #: Singh et al.'s Table 1 (test MSE): Deep MoE and DVMoE, by input dimension
 PUBLISHED = {1: (10.0424, 0.0312), 2: (20.4247, 0.0434), 5: (180.117, 96.1049)}
@@ -47,9 +48,7 @@ def runs(args: argparse.Namespace) -> list[tuple[str, str, dict, str]]:
 
 def gate_log_probs(model, x: torch.Tensor) -> torch.Tensor:
     """log p(c|x) of any of the three models: ``[N, K]``."""
-    if hasattr(model, "gate_log_probs"):
-        return model.gate_log_probs(x)
-    return torch.log_softmax(model.gate_logits(x), -1)
+    return model.gate_log_probs(x)
 
 
 def run_one(model_name, options, estimator, dim, seed, args) -> dict:
@@ -139,7 +138,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[1, 2, 5])
     parser.add_argument("--estimators", nargs="+", default=["enum", "gumbel", "rloo"])
     parser.add_argument("--x-weights", type=float, nargs="*", default=[1.0])

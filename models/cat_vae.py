@@ -53,6 +53,8 @@ class MonteCarloELBO:
 
 
 def _sizes(hidden: Sequence[int] | str) -> list[int]:
+    if isinstance(hidden, int) and not isinstance(hidden, bool):
+        hidden = [hidden]  # one hidden layer (``-o hidden=64`` on the command line)
     sizes = [int(h) for h in hidden.split(",")] if isinstance(hidden, str) else list(hidden)
     if not sizes or any(h < 1 for h in sizes):
         raise ConfigError(f"hidden sizes must be integers >= 1, got {hidden!r}")

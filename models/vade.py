@@ -171,6 +171,11 @@ class VaDE(MixturePrior, VAE):
             ]
         return torch.cat(parts)
 
+    def init_cluster_net(self, x: torch.Tensor, seed: int = 0) -> list[float]:
+        """Warm start of a separate q(c|x) network from the initial prior (DMVAE has one);
+        VaDE's q(c|x) is p(c|z), so nothing to do: returns no losses."""
+        return []
+
     @torch.no_grad()
     def cluster_samples(self, per_cluster: int = 8, seed: int = 0) -> torch.Tensor:
         """Decoder means f(z) for z ~ p(z|c = k), a generator seeded with ``seed``:
@@ -244,8 +249,7 @@ def pretrain_and_init(
         max_seconds=max_seconds,
     )
     gmm = model.init_prior_from_gmm(x, seed=seed, n_init=n_init)
-    if hasattr(model, "init_cluster_net"):
-        model.init_cluster_net(x, seed=seed)
+    model.init_cluster_net(x, seed=seed)
     return {"pretrain_losses": losses, "gmm": gmm}
 
 

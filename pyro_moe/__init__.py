@@ -11,6 +11,7 @@ from pyro_moe.data import Dataset, Split, load_dataset
 from pyro_moe.errors import NonFiniteError, PyroMoeError, TrainingInterrupted
 from pyro_moe.experiment import RunSpec, build, evaluate, load_run, run_experiment
 from pyro_moe.gate import select
+from pyro_moe.pyro_loss import estimator
 from pyro_moe.registry import DATASETS, ESTIMATORS, GUIDES, MODELS
 from pyro_moe.train import FitResult, TrainConfig, fit
 from pyro_moe.variance import gradient_report
@@ -31,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "TrainingInterrupted",
     "build",
+    "estimator",
     "evaluate",
     "fit",
     "gradient_report",

@@ -12,7 +12,8 @@ checkpoint can run. The RNG states (torch, numpy, Python's ``random``; Pyro draw
 three) and Pyro's param-store constraints are stored in that form by :func:`rng_state` and
 :func:`param_store_state`. What is read back is checked against the objects it will be loaded
 into (:func:`restore_training_state`): keys, shapes, dtypes and value types, before anything is
-changed, so a checkpoint from another model or version is a :class:`CheckpointError`.
+changed (a module's extra state, such as an estimator's own optimiser, right after it is loaded),
+so a checkpoint from another model or version is a :class:`CheckpointError`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from pyro_moe.errors import CheckpointError, StorageError
 ZIP_MAGIC = b"PK\x03\x04"
 #: the keys of a training checkpoint (``checkpoint.pt``)
 TRAINING_KEYS = ("model", "guide", "estimator", "optimizer", "param_store", "train_state", "rng")
+#: what Adam keeps per parameter (and ``max_exp_avg_sq`` with ``amsgrad``)
+ADAM_STATE = {"step", "exp_avg", "exp_avg_sq"}
 #: the keys of the best parameters (``best.pt``)
 BEST_KEYS = ("model", "guide")
 
@@ -111,6 +114,8 @@ def check_regular_file(path: Path, what: str) -> None:
     """Raise a :class:`StorageError` unless ``path`` is an existing regular file (after links)."""
     try:
         mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise StorageError(f"{what} {path} does not exist") from None
     except OSError as e:
         raise StorageError.from_os_error(e, path, f"cannot open {what}") from None
     if stat.S_ISDIR(mode):
@@ -284,13 +289,15 @@ def constraint_from_spec(spec: Any, source: Path | str) -> constraints.Constrain
     """The constraint that :func:`constraint_spec` described."""
     name = spec.get("name") if isinstance(spec, dict) else None
     bounds = spec.get("bounds") if isinstance(spec, dict) else None
-    if not isinstance(bounds, list) or not all(_is_float(b) for b in bounds):
+    if not isinstance(name, str) or not isinstance(bounds, list):
+        raise CheckpointError(f"{source}: a param-store constraint is malformed ({spec!r:.80})")
+    if not all(_is_float(b) for b in bounds):
         raise CheckpointError(f"{source}: a param-store constraint is malformed ({spec!r:.80})")
     if name in BOUNDED_CONSTRAINTS:
         cls, attributes = BOUNDED_CONSTRAINTS[name]
         if len(bounds) == len(attributes):
             return cls(*bounds)
-    elif isinstance(name, str) and name in NAMED_CONSTRAINTS and not bounds:
+    elif name in NAMED_CONSTRAINTS and not bounds:
         return NAMED_CONSTRAINTS[name]
     raise CheckpointError(f"{source}: unknown param-store constraint {name!r:.80}")
 
@@ -337,12 +344,37 @@ def check_state_dict(state: Any, module: nn.Module, what: str, source: Path | st
             f"{source} was written for a different {what}: its {what} state {problem}"
         )
     for key, like in expected.items():
+        if not isinstance(like, torch.Tensor):
+            continue  # a module's extra state: checked after it is loaded (load_module_state)
         if not _tensor_like(state[key], like):
-            got = _describe(state[key])
             raise CheckpointError(
-                f"{source} was written for a different {what}: {key} is {got}, "
-                f"expected {tuple(like.shape)} {like.dtype}"
+                f"{source} was written for a different {what}: {key} is "
+                f"{_describe(state[key])}, expected {tuple(like.shape)} {like.dtype}"
             )
+
+
+def load_module_state(module: nn.Module, state: Any, what: str, source: Path | str) -> None:
+    """``module.load_state_dict(state)`` after :func:`check_state_dict`; extra state (e.g. an
+    estimator's own optimiser) that does not load, or loads into an optimiser whose state does
+    not fit its parameters, is a :class:`CheckpointError`."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        reason = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"{source}: the {what} state does not load ({reason})") from None
+    for sub in module.modules():
+        optimizer = getattr(sub, "optimizer", None)
+        if isinstance(optimizer, torch.optim.Optimizer):
+            check_optimizer_state(optimizer.state_dict(), optimizer, source, _rebuilt(optimizer))
+
+
+def _rebuilt(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer | None:
+    """A new optimiser of the same class, groups and defaults: what a loaded one should match."""
+    groups = [{"params": g["params"]} for g in optimizer.param_groups]
+    try:
+        return type(optimizer)(groups, **optimizer.defaults)
+    except (TypeError, ValueError):
+        return None
 
 
 def _describe(value: Any) -> str:
@@ -351,10 +383,16 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}, not a tensor"
 
 
-def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, source: Path | str) -> None:
-    """``state`` fits ``optimizer``: the same groups and hyperparameter types, and per-parameter
-    entries shaped like their parameters."""
-    fresh = optimizer.state_dict()
+def check_optimizer_state(
+    state: Any,
+    optimizer: torch.optim.Optimizer,
+    source: Path | str,
+    template: torch.optim.Optimizer | None = None,
+) -> None:
+    """``state`` fits ``optimizer``: the groups and hyperparameter types of ``template`` (default:
+    ``optimizer`` itself, not yet loaded), and per-parameter entries shaped like their
+    parameters."""
+    fresh = (template or optimizer).state_dict()
 
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{source}: the optimizer state does not fit this run ({what})")
@@ -370,6 +408,8 @@ def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, source: 
         for key, value in like.items():
             if not _same_kind(group[key], value):
                 raise bad(f"parameter group entry {key}")
+        if list(group["params"]) != like["params"]:
+            raise bad("parameters of a group")
     params = [p for g in optimizer.param_groups for p in g["params"]]
     per_param = state["state"]
     if not isinstance(per_param, dict):
@@ -377,12 +417,22 @@ def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, source: 
     for index, entry in per_param.items():
         if type(index) is not int or not 0 <= index < len(params) or not isinstance(entry, dict):
             raise bad(f"per-parameter entry {index!r:.40}")
+        group = next(g for g in groups if index in g["params"]) if entry else {}
+        expected = ADAM_STATE | ({"max_exp_avg_sq"} if group.get("amsgrad") else set())
+        if entry and set(entry) != expected:
+            raise bad(f"entries of parameter {index}")
         for key, value in entry.items():
-            if not isinstance(value, torch.Tensor):
+            if not _fits(value, params[index], key == "step"):
                 raise bad(f"{key} of parameter {index}")
-            shape = () if key == "step" else params[index].shape
-            if value.shape != shape or not value.is_floating_point():
-                raise bad(f"{key} of parameter {index}")
+
+
+def _fits(value: Any, param: torch.Tensor, scalar: bool) -> bool:
+    """An optimiser's per-parameter tensor: a float scalar (``step``) or shaped like ``param``."""
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        return False
+    if scalar:
+        return value.shape == ()
+    return value.shape == param.shape and value.dtype == param.dtype
 
 
 def _same_kind(value: Any, like: Any) -> bool:
@@ -454,9 +504,8 @@ def restore_training_state(
     pretrain = state.get("pretrain")
     if pretrain is not None and not isinstance(pretrain, dict):
         raise CheckpointError(f"{path}: the pretrain entry is malformed")
-    model.load_state_dict(state["model"])
-    guide.load_state_dict(state["guide"])
-    estimator.load_state_dict(state["estimator"])
+    for what, module in (("model", model), ("guide", guide), ("estimator", estimator)):
+        load_module_state(module, state[what], what, path)
     optimizer.load_state_dict(state["optimizer"])
     pyro.get_param_store().set_state(store)
     set_rng_state(state["rng"], path)

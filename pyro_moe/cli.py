@@ -5,16 +5,20 @@
     pyro-moe evaluate RUN_DIR
     pyro-moe compare-estimators --model moe --data NAME --estimators a,b,c --out DIR
 
-Errors a user can cause print one line, ``pyro-moe: error: ...``, and exit with status 2.
+Errors a user can cause, malformed stored files and operating-system errors (disk full, a
+read-only file system) print one line, ``pyro-moe: error: ...``, and exit with status 2.
 SIGINT / SIGTERM during training finish the step, write a checkpoint, print one line and exit
-with status 130 / 143 (``--resume`` continues the run exactly).
+with status 130 / 143 (``--resume`` continues the run exactly); SIGTERM at any other moment is one
+line and 143 too. See docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -123,10 +127,21 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an earlier run in --out (its files are deleted)",
+        help="replace an earlier run in --out: only a run folder, and only the files pyro-moe "
+        "wrote there are deleted, after everything else has been checked",
     )
+    _add_allow_changed_data(p)
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_allow_changed_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-changed-data",
+        action="store_true",
+        help="use the run's data file even if it changed since the run started (its SHA-256 is "
+        "in config.json)",
+    )
 
 
 def _add_budget_options(p: argparse.ArgumentParser) -> None:
@@ -191,6 +206,7 @@ def make_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="test metrics of a finished run (its best parameters)")
     e.add_argument("run_dir", type=Path)
     e.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    _add_allow_changed_data(e)
     return parser
 
 
@@ -221,6 +237,11 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--num-estimates", type=int, default=200, help="harness estimates")
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier comparison in --out (only the files pyro-moe wrote)",
+    )
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -266,6 +287,7 @@ def cmd_compare_estimators(args: argparse.Namespace) -> int:
             not args.no_figures,
             estimator_options=options,
             progress=False if args.quiet else None,
+            overwrite=args.overwrite,
         )
     for row in rows:
         if row["group"] == "all":
@@ -301,14 +323,13 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pyro_moe.distributed import process_group, shutdown
+    from pyro_moe.distributed import shutdown
     from pyro_moe.experiment import resume_spec, run_experiment
-    from pyro_moe.runs import RunFolder
     from pyro_moe.train import TrainConfig
 
     overrides = _train_overrides(args)
     if args.resume:
-        spec, config = resume_spec(args.out, **overrides)
+        spec, config = resume_spec(args.out, args.allow_changed_data, **overrides)
     else:
         if not args.model or not args.data:
             raise ConfigError("train needs a MODEL and --data (or --resume with --out)")
@@ -319,9 +340,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             estimator_options=parse_options(args.estimator_option, "estimator"),
         )
         config = TrainConfig(**overrides)
-        if args.overwrite and process_group(config.distributed, config.device).is_main:
-            RunFolder(args.out).clear()
-    result = run_experiment(spec, config, args.out, resume=args.resume, figures=not args.no_figures)
+    result = run_experiment(
+        spec,
+        config,
+        args.out,
+        resume=args.resume,
+        figures=not args.no_figures,
+        overwrite=args.overwrite,
+    )
     if result.run_dir is not None:  # only the writing process (rank 0) reports
         _print_summary(result)
     shutdown()
@@ -343,7 +369,7 @@ def _print_summary(result: Any) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pyro_moe.experiment import evaluate, load_run
 
-    model, _, data = load_run(args.run_dir)
+    model, _, data = load_run(args.run_dir, allow_changed_data=args.allow_changed_data)
     print(json.dumps(evaluate(model, data, args.split), indent=2))
     return 0
 
@@ -356,19 +382,48 @@ COMMANDS = {
 }
 
 
+class Terminated(Exception):
+    """SIGTERM outside training (where it stops the loop cleanly instead): one line, exit 143."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    previous = _install(signal.SIGTERM, _terminate)
     try:
         return COMMANDS[args.command](args)
     except PyroMoeError as e:
         print(f"pyro-moe: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an OS error no library call named: still one line, exit 2
+        where = f" {e.filename}" if e.filename is not None else ""
+        print(f"pyro-moe: error:{where} {e.strerror or e}", file=sys.stderr)
+        return 2
+    except Terminated:
+        print(
+            "pyro-moe: SIGTERM received: stopped; files already written are complete "
+            "(a training run continues with `pyro-moe train --resume --out DIR`)",
+            file=sys.stderr,
+        )
+        return 128 + signal.SIGTERM
     except TrainingInterrupted as e:
         print(f"pyro-moe: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("pyro-moe: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _install(signal.SIGTERM, previous)
+
+
+def _install(signum: int, handler: Any) -> Any:
+    """Set a signal handler where that is possible (the main thread); returns the previous one."""
+    if threading.current_thread() is not threading.main_thread() or handler is None:
+        return None
+    return signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

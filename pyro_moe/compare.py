@@ -30,15 +30,23 @@ import torch
 from tqdm import tqdm
 
 from pyro_moe import variance
-from pyro_moe.checkpoint import atomic_write_text
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.enum import Enumerate
-from pyro_moe.experiment import RunSpec, build, build_estimator, run_experiment
+from pyro_moe.experiment import RunSpec, build, build_estimator, run_experiment, spec_data
 from pyro_moe.registry import ESTIMATORS, MODELS
 from pyro_moe.runs import RunFolder
 from pyro_moe.tables import write_csv
 from pyro_moe.train import TrainConfig
 
+#: the files a comparison writes besides one run folder per estimator
+COMPARISON_FILES = (
+    "estimators.csv",
+    "training_variance.csv",
+    "estimators.md",
+    "bias_variance.png",
+    "snr.png",
+    "objective_vs_time.png",
+)
 SUMMARY_COLUMNS = ("final_valid_loss", "train_seconds")
 
 #: what each column of estimators.md means (the report explains its own table)
@@ -63,8 +71,8 @@ COLUMN_NOTES = {
     "snr": "mean over coordinates of |mean_e G_ej| / std_e G_ej (coordinates whose spread is "
     "rounding are left out; inf when all are)",
     "cosine": "mean_e cos(G_e, g): how well one estimate points along the exact gradient",
-    "max_z": "max over coordinates of |mean_e G_ej - g_j| / se_j: below 4 for an unbiased "
-    "estimator (up to a rare false alarm)",
+    "max_z": "max over coordinates of |mean_e G_ej - g_j| / se_j: about sqrt(2 ln P) over P "
+    "coordinates for an unbiased estimator (below 4 for a few thousand)",
     "note": "why an estimator was not measured (not applicable to the program), else empty",
     "seconds": "wall seconds per estimate",
     "work_variance": "variance x seconds: variance at a fixed compute budget (lower is better)",
@@ -160,8 +168,13 @@ def compare_estimators(
     figures: bool = True,
     estimator_options: dict[str, dict[str, Any]] | None = None,
     progress: bool | None = None,
+    overwrite: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train ``spec`` with each estimator in ``names`` and measure; see the module docstring.
+
+    Every estimator, guide and option is checked before ``out`` is touched; ``out`` is then
+    locked, and must be a new folder unless ``overwrite`` (which replaces an earlier comparison:
+    only the files it wrote, and its run folders).
 
     ``estimator_options`` maps an estimator name to its options (on top of
     ``spec.estimator_options``, which every estimator gets), for training and the harness alike.
@@ -170,12 +183,58 @@ def compare_estimators(
     summary) and the fit results.
     """
     per_estimator = check_names(names, estimator_options or {})
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     guide = _guide_for(spec)
-    notes = slow_paths(spec, names, per_estimator)
-    for note in notes:
-        warnings.warn(note.replace("`", ""), SlowPathWarning, stacklevel=2)
+    run_specs = {name: _run_spec(spec, name, guide, per_estimator) for name in names}
+    data = spec_data(spec)
+    for run_spec in run_specs.values():  # every estimator, guide and option checked first
+        build(run_spec, data)
+    folder = RunFolder(out, kind="compare", files=COMPARISON_FILES)
+    with folder.lock():
+        prepare_folder(folder, names, overwrite)
+        notes = slow_paths(spec, names, per_estimator)
+        for note in notes:
+            warnings.warn(note.replace("`", ""), SlowPathWarning, stacklevel=2)
+        results, training, rows, setup = _train_and_measure(
+            spec, run_specs, config, folder.path, num_estimates, per_estimator, progress, overwrite
+        )
+        folder.write_table("estimators.csv", rows)
+        folder.write_table("training_variance.csv", training)
+        report = _markdown(spec, guide, config, rows, num_estimates, setup, per_estimator, notes)
+        folder.write_text("estimators.md", report)
+        if figures:
+            from pyro_moe.plots import estimators as estimator_plots
+
+            estimator_plots.save_figures(folder.path, rows, training)
+    return rows, results
+
+
+def prepare_folder(folder: RunFolder, names: list[str], overwrite: bool) -> None:
+    """Check that the comparison may write ``folder`` and its run folder per estimator (a fresh
+    one, or with ``overwrite`` an earlier comparison, whose files alone are deleted), then mark
+    it as a comparison holding those runs."""
+    runs = [RunFolder(folder.path / name) for name in names]
+    for f in (folder, *runs):
+        if overwrite:
+            f.check_replaceable()
+        else:
+            f.check_fresh()
+    if overwrite:
+        folder.clear()
+    folder.start()
+    folder.record(*names)
+
+
+def _run_spec(spec: RunSpec, name: str, guide: str, per_estimator: dict) -> RunSpec:
+    options = options_for(spec, name, per_estimator)
+    return replace(spec, estimator=name, guide=guide, estimator_options=options)
+
+
+def _train_and_measure(
+    spec, run_specs, config, out, num_estimates, per_estimator, progress, overwrite
+):
+    """Each estimator's training run (with the harness after every epoch), then the harness at
+    the common start; returns the fit results, training rows, harness rows and harness setup."""
+    names = list(run_specs)
     results, training = {}, []
     bar = tqdm(
         total=2 * len(names),
@@ -184,23 +243,20 @@ def compare_estimators(
         dynamic_ncols=True,
     )
     with bar:
-        for name in names:
+        for name, run_spec in run_specs.items():
             bar.set_postfix_str(f"training {name}")
             store: list[dict[str, Any]] = []
             callback = variance.training_callback(
                 num_estimates=max(num_estimates // 4, 2), store=store
             )
-            run_spec = replace(
-                spec,
-                estimator=name,
-                guide=guide,
-                estimator_options=options_for(spec, name, per_estimator),
-            )
-            run_dir = out / name
-            RunFolder(run_dir).clear()
             torch.manual_seed(spec.seed)
             results[name] = run_experiment(
-                run_spec, config, run_dir, figures=False, callbacks=[callback]
+                run_spec,
+                config,
+                out / name,
+                figures=False,
+                callbacks=[callback],
+                overwrite=overwrite,
             )
             training += _training_rows(name, results[name].history, store)
             bar.update()
@@ -214,15 +270,7 @@ def compare_estimators(
         result = results[row["estimator"]]
         row["final_valid_loss"] = result.history[-1]["valid_loss"] if result.history else None
         row["train_seconds"] = result.state.wall_seconds
-    write_table(out / "estimators.csv", rows)
-    write_table(out / "training_variance.csv", training)
-    report = _markdown(spec, guide, config, rows, num_estimates, setup, per_estimator, notes)
-    atomic_write_text(out / "estimators.md", report)
-    if figures:
-        from pyro_moe.plots import estimators as estimator_plots
-
-        estimator_plots.save_figures(out, rows, training)
-    return rows, results
+    return results, training, rows, setup
 
 
 class SlowPathWarning(UserWarning):

@@ -16,6 +16,7 @@ name or a ``.npz`` path) unless a :class:`~pyro_moe.data.Dataset` is passed as `
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,12 @@ import pyro_moe.models  # noqa: F401  (fills MODELS)
 from pyro_moe import checkpoint
 from pyro_moe.base import PyroGuide, PyroModel
 from pyro_moe.data import Dataset, load_dataset
+from pyro_moe.distributed import process_group
 from pyro_moe.errors import ConfigError, PyroMoeError, UnknownNameError
 from pyro_moe.estimators.base import Estimator
 from pyro_moe.metrics import split_metrics
 from pyro_moe.registry import ESTIMATORS, GUIDES, MODELS
-from pyro_moe.runs import RunFolder
+from pyro_moe.runs import RunFolder, StoredRun, check_data_file
 from pyro_moe.train import Callback, FitResult, TrainConfig, fit
 
 
@@ -61,13 +63,10 @@ class RunSpec:
         return cls(**d)
 
 
-#: the sections of a run's config.json besides the spec's fields (written by ``fit``)
-RUN_SECTIONS = ("train", "versions")
-
-
-def stored_spec(stored: dict[str, Any]) -> RunSpec:
-    """The :class:`RunSpec` of a run's config.json (its other sections left out)."""
-    return RunSpec.from_dict({k: v for k, v in stored.items() if k not in RUN_SECTIONS})
+def stored_spec(stored: StoredRun) -> RunSpec:
+    """The :class:`RunSpec` of a run's config.json (as read by
+    :meth:`~pyro_moe.runs.RunFolder.read_config`)."""
+    return RunSpec.from_dict(stored.spec)
 
 
 def guide_name(spec: RunSpec) -> str:
@@ -133,21 +132,32 @@ def as_spec(spec: RunSpec | str) -> RunSpec:
     raise ConfigError(f"expected a RunSpec or a model name, got {type(spec).__name__}")
 
 
-def resume_spec(run_dir: str | Path, **train_overrides: Any) -> tuple[RunSpec, TrainConfig]:
+def resume_spec(
+    run_dir: str | Path, allow_changed_data: bool = False, **train_overrides: Any
+) -> tuple[RunSpec, TrainConfig]:
     """The spec and training options stored in a run folder, with some options changed
-    (e.g. more ``epochs``); seed, batch size and learning rate stay as stored unless overridden."""
+    (e.g. more ``epochs``); seed, batch size and learning rate stay as stored unless overridden.
+    A data file that changed since the run started is refused unless ``allow_changed_data``."""
     stored = RunFolder(run_dir).read_config()
-    config = TrainConfig.from_dict({**stored.get("train", {}), **train_overrides})
+    check_data_file(stored.data_file, allow_changed_data)
+    config = TrainConfig.from_dict({**stored.train, **train_overrides})
     return stored_spec(stored), config
 
 
 def load_run(
-    run_dir: str | Path, which: str = "best", data: Dataset | None = None
+    run_dir: str | Path,
+    which: str = "best",
+    data: Dataset | None = None,
+    allow_changed_data: bool = False,
 ) -> tuple[PyroModel, PyroGuide, Dataset]:
-    """Rebuild a run's model, guide and data set (``data``, else the one its config names) with
-    its ``best`` (or ``last``) parameters."""
+    """Rebuild a run's model, guide and data set (``data``, else the one its config names, which
+    must not have changed unless ``allow_changed_data``) with its ``best`` (or ``last``)
+    parameters."""
     run = RunFolder(run_dir)
-    spec = stored_spec(run.read_config())
+    stored = run.read_config()
+    spec = stored_spec(stored)
+    if data is None:
+        check_data_file(stored.data_file, allow_changed_data)
     data, model, guide, _ = build(spec, data)
     path = run.best if which == "best" and run.best.is_file() else run.checkpoint
     state = checkpoint.load_best(path, model, guide)
@@ -172,29 +182,36 @@ def run_experiment(
     figures: bool = True,
     callbacks: Sequence[Callback] = (),
     data: Dataset | None = None,
+    overwrite: bool = False,
 ) -> FitResult:
     """Build ``spec`` (a :class:`RunSpec` or a model name) on ``data`` (default: the data set the
     spec names), :func:`~pyro_moe.train.fit` it, write validation and test metrics and figures
-    (``callbacks`` are passed to ``fit``: epoch-end measurements such as gradient variance)."""
+    (``callbacks`` are passed to ``fit``: epoch-end measurements such as gradient variance).
+
+    Everything is built and checked before the run folder is touched; the folder is then locked
+    for the whole run, and ``overwrite`` replaces an earlier run there (see :func:`fit`)."""
     spec = as_spec(spec)
     config = config or TrainConfig(seed=spec.seed)
     data, model, guide, estimator = build(spec, data)
     info = {**asdict(spec), "guide": guide_name(spec)}
-    result = fit(model, guide, estimator, data, config, run_dir, resume, info, callbacks)
-    summary = {
-        "stop_reason": result.state.stop_reason,
-        "steps": result.state.step,
-        "epochs": result.state.epoch,
-        "wall_seconds": result.state.wall_seconds,
-        **evaluate(model, data, "valid"),
-        **evaluate(model, data, "test"),
-    }
-    result.summary = summary
-    if result.run_dir is not None:  # None on the non-writing ranks of a distributed run
-        run = RunFolder(result.run_dir)
-        run.write_json(run.summary, summary)
-        if figures:
-            from pyro_moe import plots
+    writes = run_dir is not None and process_group(config.distributed, config.device).is_main
+    with RunFolder(run_dir).lock() if writes else nullcontext():
+        result = fit(
+            model, guide, estimator, data, config, run_dir, resume, info, callbacks, overwrite
+        )
+        result.summary = {
+            "stop_reason": result.state.stop_reason,
+            "steps": result.state.step,
+            "epochs": result.state.epoch,
+            "wall_seconds": result.state.wall_seconds,
+            **evaluate(model, data, "valid"),
+            **evaluate(model, data, "test"),
+        }
+        if result.run_dir is not None:  # None on the non-writing ranks of a distributed run
+            run = RunFolder(result.run_dir)
+            run.write_summary(result.summary)
+            if figures:
+                from pyro_moe import plots
 
-            plots.save_run_figures(run, model, data, result.history)
+                plots.save_run_figures(run, model, data, result.history)
     return result

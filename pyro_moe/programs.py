@@ -81,8 +81,6 @@ def inspect_program(
     """Run ``guide`` and ``model`` once and read off :class:`ProgramInfo`."""
     model_trace, guide_trace = _traces(model, guide, args, kwargs)
     names = tuple(discrete_sites(guide_trace, sites))
-    if not names:
-        raise ConfigError("the guide samples no discrete site: there is no gradient to estimate")
     groups = _parameters((guide_trace, model_trace))
     if not groups:
         raise ConfigError("the program has no parameters that require gradients (pyro.param)")
@@ -92,7 +90,7 @@ def inspect_program(
 
 def configure(estimator: Estimator, info: ProgramInfo) -> Estimator:
     """Point ``estimator`` at the program's discrete sites and data plate."""
-    estimator.sites = info.sites
+    estimator.sites = info.sites or None
     if info.data_plate is not None:
         estimator.data_plate = info.data_plate
     return estimator

@@ -33,6 +33,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ from pyro_moe.nonfinite import (
     nonfinite_sites,
     nonfinite_tensors,
 )
-from pyro_moe.runs import RunFolder, versions
+from pyro_moe.runs import RunFolder
 from pyro_moe.signals import StopRequest, stop_on_signals
 from pyro_moe.validation import check_bool, check_dataset, check_int, check_number, check_str
 
@@ -500,14 +501,23 @@ class Trainer:
         self.run.write_metrics(self.history)
 
     def _check_batch_size(self) -> None:
-        """A new batch size may start at an epoch boundary; in the middle of an epoch the saved
-        position counts batches of the old size, so a different size is refused."""
+        """A new batch size may start at an epoch boundary. It is refused in the middle of an
+        epoch (the saved position counts batches of the old size) and when Pyro's param store
+        holds per-row state such as decaying-average baselines, whose shape is the old size."""
         old = self.state.batch_size
-        if self.state.batch and old and old != self.batch_size:
+        if not old or old == self.batch_size:
+            return
+        keep = f"resume with --batch-size {old}"
+        if self.state.batch:
             raise ConfigError(
                 f"{self.run.checkpoint} stopped in the middle of epoch {self.state.epoch + 1} "
                 f"(batch {self.state.batch} of {len(self.data.train) // old} at batch size {old}); "
-                f"resume with --batch-size {old}, or change the batch size at an epoch boundary"
+                f"{keep}, or change the batch size at an epoch boundary"
+            )
+        if checkpoint.param_store_state()["params"]:
+            raise ConfigError(
+                f"{self.run.checkpoint} holds per-row estimator state (Pyro baseline averages) "
+                f"for batch size {old}, not {self.batch_size}; {keep}"
             )
 
     # --- the loop -----------------------------------------------------------------------------
@@ -613,6 +623,7 @@ def fit(
     resume: bool = False,
     run_info: dict[str, Any] | None = None,
     callbacks: Sequence[Callback] = (),
+    overwrite: bool = False,
 ) -> FitResult:
     """Train ``model`` with ``guide`` and ``estimator`` on ``data.train``; see the module docstring.
 
@@ -624,6 +635,9 @@ def fit(
             in a distributed run only rank 0 writes, and the other ranks' results have no
             ``run_dir``).
         resume: continue from ``run_dir``'s checkpoint instead of starting fresh.
+        overwrite: replace an earlier run in ``run_dir`` (only a run folder; only the files the
+            library wrote); without it a folder holding a run's files is refused. The folder is
+            locked while ``fit`` runs (:meth:`~pyro_moe.runs.RunFolder.lock`).
         run_info: what to record in config.json besides the training options (names, options).
         callbacks: functions ``callback(trainer) -> dict | None`` called after each epoch's
             validation; the dicts they return are added to that epoch's metrics row (e.g.
@@ -645,18 +659,21 @@ def fit(
         raise ConfigError("resuming a distributed run is not supported")
     parallel = process_group(config.distributed, config.device)
     run = RunFolder(run_dir) if run_dir is not None and parallel.is_main else None
-    trainer = Trainer(model, guide, estimator, data, config, run, callbacks, parallel)
-    if resume:
-        trainer.restore()
-    else:
-        if run:
-            run.check_fresh()
-            run.write_json(
-                run.config, {**(run_info or {}), "train": asdict(config), "versions": versions()}
-            )
-        trainer.pretrain()
-    with stop_on_signals() as trainer.stop:
-        trainer.run_loop()
+    with run.lock() if run else nullcontext():
+        trainer = Trainer(model, guide, estimator, data, config, run, callbacks, parallel)
+        if resume:
+            trainer.restore()
+        else:
+            if run:
+                if overwrite:
+                    run.clear()
+                else:
+                    run.check_fresh()
+                run.start()
+                run.write_config(run_info or {}, asdict(config))
+            trainer.pretrain()
+        with stop_on_signals() as trainer.stop:
+            trainer.run_loop()
     if config.restore_best:
         trainer.restore_best()
     return FitResult(

@@ -25,10 +25,17 @@ ELBO it stands in for. Per parameter group (gate, experts, encoder, ... see
                                                   rounding (64 eps (1 + |mean|))
     cosine      mean_e cos(G_e, g)               (how well one step points uphill)
     max_z       max_j |mean_e G_ej - g_j| / se_j, se_j^2 = Var(G_j) / E [+ the reference's]: the
-                per-coordinate test of unbiasedness (below 4 for an unbiased estimator, up to a
-                rare false alarm; inf where a noiseless coordinate misses g)
+                per-coordinate test of unbiasedness: for an unbiased estimator about
+                sqrt(2 ln P) over P coordinates (below 4 for a few thousand coordinates, with
+                enough estimates for the normal approximation); inf where a noiseless coordinate
+                misses g
     seconds     wall seconds per estimate
     work_variance   variance x seconds           (variance at a fixed compute budget)
+
+The variance is that of the estimator in the form it trains with. For the score-function family
+(``reinforce``, ``reinforce-avg``, ``rloo``, ``nvil``) that is Pyro's ``TraceGraph_ELBO`` form,
+without the zero-mean term -grad log q(c) (``zero_mean_term=True`` on ``rloo`` / ``nvil`` reports
+the other form, see :func:`~pyro_moe.estimators.sampled.score_surrogate`); ``vimco`` keeps it.
 
 Estimates are vectorised: ``torch.func.vmap`` over ``torch.func.grad`` of the estimator's loss with
 independent randomness per estimate, a chunk of estimates per Pyro pass
@@ -460,6 +467,8 @@ def gradient_report(
         if seed is not None:
             torch.manual_seed(seed)
         info = programs.inspect_program(model, guide, args, kwargs, sites)
+    if not info.sites:
+        raise ConfigError("the guide samples no discrete site: there is no gradient to estimate")
     rows: list[dict[str, Any]] = []
     references: dict = {}
     for name in estimators:

@@ -214,3 +214,14 @@ def test_stored_config_with_an_unknown_key_is_refused(tmp_path):
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="speed"):
         resume_spec(run)
+
+
+def test_benchmark_scripts_usage_errors_are_one_line():
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "memory.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--steps", "many"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "memory.py: error:" in result.stderr, result.stderr

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import pyro_moe.estimators  # noqa: F401
-from pyro_moe import variance
+from pyro_moe import gradient_report, select, variance
 from pyro_moe.estimators.objectives import exact_objective
 from pyro_moe.estimators.points import top_k_assignments
 from pyro_moe.estimators.reinmax import ReinMaxGate
@@ -40,9 +40,9 @@ def _cat_vae():
     return model, GUIDES["cat-vae"](model), (x,)
 
 
-def _variance(estimator, model, guide, args, n: int = 200) -> float:
+def _variance(estimator, model, guide, args, n: int = 200, group: str = "all") -> float:
     rows = variance.compare({"e": estimator}, model, guide, args, n, seed=5)
-    return next(r["variance"] for r in rows if r["group"] == "all")
+    return next(r["variance"] for r in rows if r["group"] == group)
 
 
 def _fit_control_variate(estimator, model, guide, args, steps: int) -> None:
@@ -53,14 +53,15 @@ def _fit_control_variate(estimator, model, guide, args, steps: int) -> None:
 
 
 def test_relax_lowers_its_variance_during_a_short_run(float64):
-    """Model and guide fixed; only the control variate trains (its own optimiser)."""
+    """Model and guide fixed; only the control variate trains (its own optimiser). The gate's
+    gradient (the score side, q = p(c|x)) is the one its control variate acts on."""
     model, guide, args = _moe("gate")
     relax = ESTIMATORS["relax"]()
     relax.check(guide)
-    before = _variance(relax, model, guide, args)
-    _fit_control_variate(relax, model, guide, args, 150)
-    after = _variance(relax, model, guide, args)
-    assert after < 0.9 * before, (before, after)
+    before = _variance(relax, model, guide, args, group="gate")
+    _fit_control_variate(relax, model, guide, args, 100)
+    after = _variance(relax, model, guide, args, group="gate")
+    assert after < 0.7 * before, (before, after)
 
 
 @pytest.mark.parametrize("setup", [_moe, _cat_vae], ids=["moe-posterior", "cat-vae"])
@@ -210,3 +211,54 @@ def test_reinmax_is_one_hot_forward_and_heun_backward(float64):
     pi0 = theta.detach().softmax(-1)
     pi1 = (hard + (theta.detach() / tau).softmax(-1)) / 2
     assert torch.allclose(grad, 2 * jvp(pi1) - jvp(pi0) / 2, atol=1e-12)
+
+
+def _plain_gmm(read):
+    """Plain functions with param-store parameters and their own names (plate ``points``)."""
+
+    def model(x):
+        weights = pyro.param("weights", torch.ones(3) / 3, constraint=dist.constraints.simplex)
+        locs = pyro.param("locs", torch.tensor([-2.0, 0.0, 2.0]))
+        with pyro.plate("points", len(x)):
+            z = pyro.sample("z", dist.Categorical(weights))
+            pyro.sample("x", dist.Normal(read(locs, z), 1.0), obs=x)
+
+    def guide(x):
+        logits = pyro.param("assignment_logits", 0.3 * torch.randn(len(x), 3))
+        with pyro.plate("points", len(x)):
+            pyro.sample("z", dist.Categorical(logits=logits))
+
+    return model, guide
+
+
+X = torch.tensor([-2.1, -1.5, 0.2, 1.9, 2.4])
+POINTS = ("unordered", "sum-and-sample", "indecater", "arsm")
+RELAXED = ("rebar", "relax", "reinmax")
+
+
+def test_gradient_report_runs_the_point_estimators_on_an_indexing_program(float64):
+    model, guide = _plain_gmm(lambda locs, z: locs[z])
+    rows = gradient_report(model, guide, X, estimators=POINTS + RELAXED, num_estimates=600)
+    for row in rows:
+        if row["estimator"] in POINTS:
+            assert row["reference"] == "exact" and row["note"] == "", row
+            assert row["max_z"] < 4, row
+        else:
+            assert row["note"].startswith(f"not applicable: {row['estimator']} puts a relaxed")
+
+
+def test_gradient_report_runs_rebar_relax_and_reinmax_on_a_select_program(float64):
+    model, guide = _plain_gmm(select)
+    rows = gradient_report(model, guide, X, estimators=RELAXED, num_estimates=200)
+    assert all(r["note"] == "" and math.isfinite(r["bias"]) for r in rows)
+    assert all(r["max_z"] < 4 for r in rows if r["estimator"] != "reinmax"), rows
+
+
+def test_point_estimators_tell_the_harness_their_model_runs_per_row(float64):
+    """The vectorised harness shrinks its chunk of estimates by this factor."""
+    model, guide, args = _cat_vae()  # C = 2 cells of K = 3
+    expected = {"indecater": 2 * 3 * 2, "arsm": (3 + 1) * 2, "unordered": 2 * 2}
+    for name, points in expected.items():
+        estimator = ESTIMATORS[name](max_plate_nesting=2)
+        estimator.loss(model.model, guide, *args)
+        assert estimator.points_per_estimate == points, name

@@ -23,6 +23,10 @@ BENCHMARK_SMOKE_ARGS = {
         *("--test-samples", "2", "--best", "0"),
     ],
     "bishop_objectives.py": ["--epochs", "1"],
+    "estimators_small.py": [
+        *("--estimates", "20", "--loop-estimates", "4", "--fit-steps", "1"),
+        *("--temperatures", "1"),
+    ],
     "harness_speed.py": [
         *("--estimates", "4", "--chunk", "2", "--estimators"),
         "reinforce,rloo,gumbel,hand-reinforce,hand-rloo,hand-gumbel",

@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pyro_moe.errors import DataError
+from pyro_moe.checkpoint import ZIP_MAGIC as NPZ_MAGIC
+from pyro_moe.checkpoint import check_regular_file
+from pyro_moe.errors import DataError, StorageError
 
 TASKS = ("regression", "classification", "clustering")
 SPLITS = ("train", "valid", "test")
@@ -360,6 +362,25 @@ def _as_labels(labels: Any, num_rows: int, name: str) -> torch.Tensor | None:
     return as_targets(labels, "classification", num_rows, _infer_num_classes(labels, name), name)
 
 
+def check_npz_file(path: Path) -> None:
+    """A :class:`DataError` naming the problem unless ``path`` is a regular file that starts as a
+    ``.npz`` (zip) archive does: not a missing file, a folder, a device (``/dev/zero``), a
+    symbolic-link loop, or a CSV / pickle / ``.npy`` file under a ``.npz`` name."""
+    try:
+        check_regular_file(path, "data file")
+        with path.open("rb") as f:
+            head = f.read(16)
+    except StorageError as e:
+        raise DataError(str(e)) from None
+    except OSError as e:
+        raise DataError(f"cannot read data file {path}: {e.strerror or e}") from None
+    if not head.startswith(NPZ_MAGIC):
+        raise DataError(
+            f"cannot read data file {path}: it is not a .npz file (a zip archive written by "
+            f"numpy.savez) but starts with {head!r}"
+        )
+
+
 def load_npz(
     path: str | Path,
     task: str | None = None,
@@ -372,8 +393,7 @@ def load_npz(
     (``x`` / ``y`` / ``labels``, or ``x_train`` ... ``labels_test``). A library split is seeded
     with ``split_seed`` (default: ``seed``, the run's seed)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
+    check_npz_file(path)
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

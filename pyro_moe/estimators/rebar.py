@@ -127,6 +127,7 @@ class Rebar(SampledEstimator):
 
     name = "rebar"
     uses_score = False
+    needs_select = True
     # the gradient estimate is formed with torch.autograd.grad inside the loss
     vectorisable = False
 
@@ -160,19 +161,29 @@ class Rebar(SampledEstimator):
 
     # --- the run --------------------------------------------------------------------------------
     def guide_site(self, logits: torch.Tensor, state: dict) -> dist.TorchDistribution:
-        return RebarGate(logits, self.log_temperature.exp(), state)
+        if "gate" in state:
+            raise ConfigError(f"estimator {self.name!r} acts on one discrete site of the guide")
+        state["gate"] = RebarGate(logits, self.log_temperature.exp(), state)
+        return state["gate"]
 
     def model_site(self, logits: torch.Tensor, state: dict) -> dist.TorchDistribution:
         return LinearScored(logits)
 
     def costs(self, model, guide, num_estimates: int, *args: Any, **kwargs: Any) -> PointCosts:
         state: dict = {}
-        handlers = (RelaxCluster(self.model_site, state), RelaxCluster(self.guide_site, state))
+        handlers = (
+            RelaxCluster(self.model_site, state, self.sites),
+            RelaxCluster(self.guide_site, state, self.sites),
+        )
         nesting = self.max_plate_nesting
         model_trace, guide_trace = run_traces(
             model, guide, args, kwargs, num_estimates, 3 * self.num_particles, nesting, handlers
         )
-        costs = point_costs(model_trace, guide_trace, nesting, self.sites, score=False)
+        if "logits" not in state:
+            raise ConfigError(f"estimator {self.name!r} needs a Categorical site in the guide")
+        costs = point_costs(
+            model_trace, guide_trace, nesting, self.sites, score=False, plate=self.data_plate
+        )
         return PointCosts(costs.f, costs.logq, costs.scale, guide_trace, model_trace, state)
 
     def objective(self, costs: PointCosts, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:

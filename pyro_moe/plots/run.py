@@ -41,7 +41,5 @@ def save_run_figures(run: Any, model: Any, data: Dataset, history: list[dict[str
         figures.update(cluster_figures(model, data))
     paths = []
     for name, fig in figures.items():
-        path = run.figure(name)
-        fig.savefig(path, dpi=110)
-        paths.append(path)
+        paths.append(run.save_figure(name, fig, dpi=110))  # atomic: never half a PNG
     return paths
