@@ -365,7 +365,16 @@ def load_module_state(module: nn.Module, state: Any, what: str, source: Path | s
     for sub in module.modules():
         optimizer = getattr(sub, "optimizer", None)
         if isinstance(optimizer, torch.optim.Optimizer):
-            check_optimizer_state(optimizer.state_dict(), optimizer, source)
+            check_optimizer_state(optimizer.state_dict(), optimizer, source, _rebuilt(optimizer))
+
+
+def _rebuilt(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer | None:
+    """A new optimiser of the same class, groups and defaults: what a loaded one should match."""
+    groups = [{"params": g["params"]} for g in optimizer.param_groups]
+    try:
+        return type(optimizer)(groups, **optimizer.defaults)
+    except (TypeError, ValueError):
+        return None
 
 
 def _describe(value: Any) -> str:
@@ -374,10 +383,16 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}, not a tensor"
 
 
-def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, source: Path | str) -> None:
-    """``state`` fits ``optimizer``: the same groups and hyperparameter types, and per-parameter
-    entries shaped like their parameters."""
-    fresh = optimizer.state_dict()
+def check_optimizer_state(
+    state: Any,
+    optimizer: torch.optim.Optimizer,
+    source: Path | str,
+    template: torch.optim.Optimizer | None = None,
+) -> None:
+    """``state`` fits ``optimizer``: the groups and hyperparameter types of ``template`` (default:
+    ``optimizer`` itself, not yet loaded), and per-parameter entries shaped like their
+    parameters."""
+    fresh = (template or optimizer).state_dict()
 
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{source}: the optimizer state does not fit this run ({what})")

@@ -245,7 +245,8 @@ class RunFolder:
             yield self
         finally:
             _release_count(key)
-            _unlink(self.path / LOCK)
+            with suppress(OSError):  # an error already on its way must not be replaced
+                (self.path / LOCK).unlink()
             os.close(fd)
 
     def _acquire(self) -> int:
@@ -257,13 +258,16 @@ class RunFolder:
                 raise StorageError.from_os_error(e, path, "cannot create the lock") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "unknown"
                 os.close(fd)
                 raise RunFolderError(
                     f"{self.path} is in use by another pyro-moe process ({holder}); wait for it "
                     "to finish or choose another folder"
                 ) from None
+            except OSError as e:  # a file system without locks
+                os.close(fd)
+                raise StorageError.from_os_error(e, path, "cannot lock") from None
             if _same_file(fd, path):  # not a lock file that its holder removed meanwhile
                 _write_holder(fd)
                 return fd
@@ -304,9 +308,13 @@ class RunFolder:
             return []
         try:
             with self.metrics.open(newline="") as f:
-                return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+                rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
         except (OSError, UnicodeDecodeError, csv.Error) as e:
             raise CheckpointError(f"{self.metrics} is unreadable: {e}") from None
+        for number, row in enumerate(rows, start=2):
+            if type(row.get("step")) is not int:
+                raise CheckpointError(f"{self.metrics} is malformed: line {number} has no step")
+        return rows
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite metrics.csv atomically; columns are the rows' keys, first seen first."""

@@ -17,7 +17,9 @@ term, unlike batched backward passes over an ``estimates`` plate (Horace He, Ric
 The estimates are processed in chunks of ``chunk`` estimates per Pyro pass; by default the chunk
 is picked from the batch size so that a vmapped intermediate holds about
 :data:`ROWS_PER_PASS` (estimate, row) pairs (enough estimates per pass to amortise Pyro's tracing,
-few enough that intermediates stay in cache).
+few enough that intermediates stay in cache); an estimator that evaluates the model at many points
+per row says how many in ``points_per_estimate`` (set by its last run), and the chunk shrinks by
+that factor.
 
 Pyro's runtime is made functional for the transform: ``pyro.param`` sites created by
 ``pyro.module`` return the module's own (functional) tensor instead of touching the param store
@@ -107,6 +109,8 @@ def per_estimate_gradients(
     names = _names(objective, params)
     values = {n: p.detach() for n, p in zip(names, params, strict=True)}
     rows = int(args[0].shape[0]) if args and torch.is_tensor(args[0]) and args[0].dim() else 1
+    # an estimator that runs the model at many points per row says how many (its last run)
+    rows *= max(1, int(getattr(estimator, "points_per_estimate", 1)))
     chunk = chunk or pick_chunk(rows, num_estimates)
 
     def loss(theta: dict[str, torch.Tensor], _index: torch.Tensor) -> torch.Tensor:

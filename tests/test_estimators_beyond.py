@@ -252,3 +252,13 @@ def test_gradient_report_runs_rebar_relax_and_reinmax_on_a_select_program(float6
     rows = gradient_report(model, guide, X, estimators=RELAXED, num_estimates=200)
     assert all(r["note"] == "" and math.isfinite(r["bias"]) for r in rows)
     assert all(r["max_z"] < 4 for r in rows if r["estimator"] != "reinmax"), rows
+
+
+def test_point_estimators_tell_the_harness_their_model_runs_per_row(float64):
+    """The vectorised harness shrinks its chunk of estimates by this factor."""
+    model, guide, args = _cat_vae()  # C = 2 cells of K = 3
+    expected = {"indecater": 2 * 3 * 2, "arsm": (3 + 1) * 2, "unordered": 2 * 2}
+    for name, points in expected.items():
+        estimator = ESTIMATORS[name](max_plate_nesting=2)
+        estimator.loss(model.model, guide, *args)
+        assert estimator.points_per_estimate == points, name

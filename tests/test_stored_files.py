@@ -261,3 +261,14 @@ def test_named_malformed_configs(trained, tmp_path, capsys, config, message):
         assert code == 2 and message in err, err
         assert "config.json" in err or message == "no data", err  # that one names the way out
         assert_clean(code, err)
+
+
+@pytest.mark.parametrize(
+    "text", [b"step,epoch\nabc,1\n", b"\xff\xfe\x00", b"epoch\n1\n", b"step\n1.5\n"]
+)
+def test_a_malformed_metrics_file_is_refused_on_resume(trained, tmp_path, text):
+    run = fresh_copy(trained, tmp_path)
+    (run / "metrics.csv").write_bytes(text)
+    code, err = run_cli(["train", "--resume", "--out", str(run), "--epochs", "3", "--quiet"])
+    assert code == 2 and "metrics.csv" in err
+    assert_clean(code, err)

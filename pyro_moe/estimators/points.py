@@ -207,6 +207,10 @@ class PointEstimator(SampledEstimator):
     subclasses define :meth:`num_points` and :meth:`choose`, and :meth:`objective` on
     :class:`PointCosts`."""
 
+    #: model evaluations per data row in the last run (P points x C cells), read by the
+    #: vectorised harness to size its chunks; not state (every run sets it afresh)
+    points_per_estimate: int = 1
+
     def num_points(self, cells: int, categories: int) -> int:
         """P, the number of points for a site of ``cells`` cells of ``categories`` values."""
         raise NotImplementedError
@@ -219,6 +223,7 @@ class PointEstimator(SampledEstimator):
         nesting = self.max_plate_nesting
         cells, categories = probe_site(guide, args, kwargs, nesting, self.sites, self.name)
         state: dict = {"cells": cells, "categories": categories}
+        self.points_per_estimate = self.num_points(cells, categories) * cells
         pick = PickPoints(lambda logits: self.choose(logits, state), state, self.sites, self.name)
         model_trace, guide_trace = run_traces(
             model,
