@@ -172,10 +172,12 @@ def test_bounds(model, guide, x: torch.Tensor, samples: int) -> tuple[float, flo
     return -elbo / len(x), -iw / len(x)
 
 
-def tau_of(trainer) -> dict[str, float]:
-    """The estimator's temperature at the end of the epoch, where it has one."""
+def epoch_facts(trainer) -> dict[str, float]:
+    """The 1-minute load average at the end of the epoch, and the estimator's temperature where
+    it has one."""
+    facts = {"load": round(os.getloadavg()[0], 2)}
     temperature = getattr(trainer.estimator, "temperature", None)
-    return {"tau": float(temperature())} if callable(temperature) else {}
+    return {**facts, "tau": float(temperature())} if callable(temperature) else facts
 
 
 def check_run_folder(run: RunFolder, expected: dict[str, Any]) -> bool:
@@ -219,7 +221,7 @@ def train_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         max_nonfinite_skips=args.max_nonfinite_skips,
     )
     info = {"model": "cat-vae", "estimator": name, "seed": seed, "protocol": expected}
-    result = fit(model, guide, estimator, data, config, run.path, resume, info, [tau_of])
+    result = fit(model, guide, estimator, data, config, run.path, resume, info, [epoch_facts])
     eval_start = time.perf_counter()
     neg_elbo, neg_iw = test_bounds(model, guide, data.test.x, args.test_samples)
     record = {
@@ -236,7 +238,11 @@ def train_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "train_seconds": round(result.state.wall_seconds, 1),
         "test_seconds": round(time.perf_counter() - eval_start, 1),
         "curve": [
-            {k: r[k] for k in ("step", "epoch", "wall_seconds", "valid_loss", "tau") if k in r}
+            {
+                k: r[k]
+                for k in ("step", "epoch", "wall_seconds", "valid_loss", "tau", "load")
+                if k in r
+            }
             for r in result.history
         ],
         "protocol": expected,
@@ -345,6 +351,7 @@ def table_row(records: list[dict[str, Any]]) -> dict[str, Any]:
     published = MATCH.get(first["estimator"])
     loads = [r["machine"]["start"]["load_average"][0] for r in records]
     loads += [r["machine"]["end"]["load_average"][0] for r in records]
+    loads += [c["load"] for r in records for c in r["curve"] if "load" in c]
     return {
         "estimator": first["estimator"],
         "seeds": ",".join(str(r["seed"]) for r in records),
@@ -354,7 +361,8 @@ def table_row(records: list[dict[str, Any]]) -> dict[str, Any]:
         "published -ELBO": PUBLISHED[published] if published else "-",
         "steps": first["steps"],
         "train s": spread([r["train_seconds"] for r in records]),
-        "load (1-min, start..end)": f"{min(loads):.1f}..{max(loads):.1f}",
+        "load (1-min, min..max)": f"{min(loads):.1f}..{max(loads):.1f}"
+        + ("" if all("load" in c for r in records for c in r["curve"]) else " (start/end only)"),
         "threads x jobs": f"{first['machine']['start']['torch_threads']} x "
         f"{first['machine']['jobs']}",
         "mean": statistics.mean(r["test_neg_elbo"] for r in records),
@@ -371,14 +379,15 @@ def describe(records: list[dict[str, Any]]) -> str:
         f"epochs of batch {p['batch_size']} per estimator, Adam lr {p['lr']}, no gradient "
         f"clipping; temperatures tau = max({p['tau_min']}, exp(-{p['anneal_rate']} t)) updated "
         f"every {p['tau_update_every']} step(s) (reinmax: tau = 1 fixed; rebar and relax learn "
-        "theirs); validation on {p['valid_rows']} rows "
+        f"theirs); validation on {p['valid_rows']} rows "
         f"({p['valid_samples']}-sample ELBO) after every epoch; the best validation epoch's "
         f"parameters scored on {p['test_rows']} test images with {p['test_samples']} guide "
         "samples each: -ELBO (the discrete objective, whatever the estimator trains on) and the "
         f"{p['test_samples']}-sample importance-weighted bound -L_S, nats per image, mean ± "
         "standard deviation over seeds (lower is better).\n\n"
         f"Machine facts as measured by each run: {'/'.join(map(str, cpus))} CPU(s); the load "
-        "column is the 1-minute load average at the start and end of the estimators' runs. "
+        "column is the range of the 1-minute load average measured at the start, after every "
+        "epoch (where recorded) and at the end of the estimators' runs. "
         "Wall times are comparable only between rows whose load stayed below the CPU count.\n\n"
         + ("Result files from more than one protocol are mixed in this table.\n\n" if mixed else "")
     )
@@ -402,7 +411,7 @@ def assemble(out: Path) -> None:
         + "Published (Jang et al. 2017, Table 1, -ELBO):\n\n"
         + published
     )
-    command = command_line([sys.argv[0], "--assemble", "--out", str(out)])
+    command = command_line()
     atomic_write_text(
         out / f"{NAME}.md",
         f"Assembled with `{command}` from {len(files)} result file(s) in {NAME}/.\n\n{text}\n",
@@ -438,7 +447,8 @@ def plot_curves(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
         if name in MATCH:  # the published -ELBO this estimator is held to
             ax.axhline(PUBLISHED[MATCH[name]], color=colour, ls=":", lw=1)
     ax.set_xlabel("training wall-clock seconds")
-    ax.set_ylabel("-ELBO per image (validation; dots: test; dotted: published)")
+    ax.set_ylabel("-ELBO per image (nats)")
+    ax.set_title("lines: validation; dots: test; dotted: published (Jang et al.)", fontsize=9)
     if groups:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

@@ -38,7 +38,7 @@ def test_protocol_runs_resumes_and_assembles(tmp_path):
     record = json.loads((out / NAME / "reinforce_seed0.json").read_text())
     assert record["steps"] == 2 and record["protocol"]["train_rows"] == 200
     assert record["test_neg_iw_bound"] <= record["test_neg_elbo"]  # L_S >= ELBO per image
-    assert [c["epoch"] for c in record["curve"]] == [1]
+    assert [c["epoch"] for c in record["curve"]] == [1] and "load" in record["curve"][0]
     relaxed = json.loads((out / NAME / "st-gumbel_seed0.json").read_text())
     assert relaxed["estimator_options"]["schedule"] == "exp"
     assert relaxed["curve"][0]["tau"] == pytest.approx(math.exp(-1e-4 * 2))  # after 2 steps
