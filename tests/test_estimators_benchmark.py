@@ -84,3 +84,4 @@ def test_every_tempered_estimator_is_annealed():
     annealed = [n for n in script.ESTIMATORS.names() if script.schedule_options(n, args)]
     assert {"gumbel", "st-gumbel", "gumbel-rao", "concrete"} <= set(annealed)
     assert "reinforce" not in annealed and "rloo" not in annealed
+    assert script.schedule_options("reinmax", args) == {"temperature": 1.0}

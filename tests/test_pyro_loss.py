@@ -84,6 +84,11 @@ def test_pyro_elbo_methods_agree_with_pyro_for_the_exact_estimator(float64):
     assert pyro.get_param_store().get_param("locs").unconstrained().grad is not None
 
 
+def test_an_estimator_that_needs_a_library_guide_says_so():
+    with pytest.raises(pyro_moe.PyroMoeError, match="nvil .* plain function"):
+        pyro_moe.estimator("nvil").loss(model, guide, _data())
+
+
 def test_sites_name_the_discrete_sites_and_unknown_names_fail():
     with pytest.raises(UnknownNameError, match="known:"):
         pyro_moe.estimator("no-such-estimator")

@@ -56,7 +56,13 @@ class Nvil(SampledEstimator):
     def check(self, guide: nn.Module) -> None:
         super().check(guide)
         if self.baseline is None:
-            self.build_baseline(guide.target)
+            target = getattr(guide, "target", None)
+            if target is None:
+                raise ConfigError(
+                    "nvil sizes its baseline network from the model's input_dim: it needs a "
+                    "library guide (one with .target), not a plain function"
+                )
+            self.build_baseline(target)
 
     def build_baseline(self, model: nn.Module) -> None:
         """b_psi: an MLP on [flattened x, y (one-hot for classes)] -> one number per point."""

@@ -31,6 +31,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,7 +39,6 @@ import torch
 from pyro import distributions as dist
 from pyro.poutine.messenger import Messenger
 from torch.distributions import constraints
-from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.sampled import CLUSTER, Costs, SampledEstimator
@@ -46,6 +46,25 @@ from pyro_moe.estimators.temperature import Temperature
 from pyro_moe.validation import check_int
 
 MODES = ("soft", "hard", "rao")
+
+
+def normalized(logits: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits) as logits - logsumexp(logits): keeps the input's memory layout (the
+    noise drawn with ``rand_like`` follows it) and is cheaper than ``log_softmax`` on the
+    transposed views the guides produce."""
+    return logits - logits.logsumexp(-1, keepdim=True)
+
+
+def exp_concrete_log_prob(y: torch.Tensor, logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """log ExpConcrete(y | tau, a) for normalized logits a (Maddison et al. 2017, App. C):
+
+    log (K-1)! + (K-1) log tau + sum_k [a_k - tau y_k - logsumexp_j (a_j - tau y_j)],
+
+    ``ExpRelaxedCategorical.log_prob`` written out, without building the distribution."""
+    k = logits.shape[-1]
+    score = logits - tau * y
+    score = (score - score.logsumexp(-1, keepdim=True)).sum(-1)
+    return score + (math.lgamma(k) + (k - 1) * math.log(tau))
 
 
 def gumbel_like(logits: torch.Tensor) -> torch.Tensor:
@@ -91,7 +110,7 @@ class RelaxedGate(dist.TorchDistribution):
         density: bool = True,
         num_samples: int = 1,
     ) -> None:
-        self.logits = logits - logits.logsumexp(-1, keepdim=True)
+        self.logits = normalized(logits)
         self.temperature, self.form, self.density, self.num_samples = (
             temperature,
             mode,
@@ -101,12 +120,16 @@ class RelaxedGate(dist.TorchDistribution):
         super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=False)
 
     def expand(self, batch_shape, _instance=None) -> RelaxedGate:
-        logits = self.logits.expand(torch.Size(batch_shape) + self.event_shape)
-        return RelaxedGate(logits, self.temperature, self.form, self.density, self.num_samples)
-
-    def _base(self) -> ExpRelaxedCategorical:
-        temperature = torch.tensor(self.temperature, dtype=self.logits.dtype)
-        return ExpRelaxedCategorical(temperature, logits=self.logits, validate_args=False)
+        new = self._get_checked_instance(RelaxedGate, _instance)
+        new.logits = self.logits.expand(torch.Size(batch_shape) + self.event_shape)  # normalized
+        new.temperature, new.form, new.density, new.num_samples = (
+            self.temperature,
+            self.form,
+            self.density,
+            self.num_samples,
+        )
+        super(RelaxedGate, new).__init__(new.logits.shape[:-1], self.event_shape, False)
+        return new
 
     def rsample(self, sample_shape=()) -> torch.Tensor:
         logits = self.logits.expand(torch.Size(sample_shape) + self.logits.shape)
@@ -130,7 +153,7 @@ class RelaxedGate(dist.TorchDistribution):
         log_value = getattr(value, "log_value", None)
         if log_value is None:  # a value from elsewhere: only safe away from the simplex corners
             log_value = value.clamp_min(torch.finfo(value.dtype).tiny).log()
-        return self._base().log_prob(log_value)
+        return exp_concrete_log_prob(log_value, self.logits, self.temperature)
 
 
 class CategoricalKL(dist.TorchDistribution):
@@ -142,14 +165,18 @@ class CategoricalKL(dist.TorchDistribution):
     has_rsample = True
 
     def __init__(self, prior_logits: torch.Tensor, posterior_logits: torch.Tensor) -> None:
+        # normalized once and kept unexpanded: the KL is computed on the broadcast of the two,
+        # then expanded to the batch shape (log_softmax of expanded copies cost more than the KL)
+        self.prior_logits = normalized(prior_logits)
+        self.posterior_logits = normalized(posterior_logits)
         shape = torch.broadcast_shapes(prior_logits.shape, posterior_logits.shape)
-        self.prior_logits = prior_logits.log_softmax(-1).expand(shape)
-        self.posterior_logits = posterior_logits.log_softmax(-1).expand(shape)
         super().__init__(shape[:-1], shape[-1:], validate_args=False)
 
     def expand(self, batch_shape, _instance=None) -> CategoricalKL:
-        shape = torch.Size(batch_shape) + self.event_shape
-        return CategoricalKL(self.prior_logits.expand(shape), self.posterior_logits.expand(shape))
+        new = self._get_checked_instance(CategoricalKL, _instance)
+        new.prior_logits, new.posterior_logits = self.prior_logits, self.posterior_logits
+        super(CategoricalKL, new).__init__(torch.Size(batch_shape), self.event_shape, False)
+        return new
 
     def rsample(self, sample_shape=()) -> torch.Tensor:
         raise ConfigError("the model's relaxed `cluster` site must replay the guide's value")
@@ -157,7 +184,8 @@ class CategoricalKL(dist.TorchDistribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         q = self.posterior_logits
         kl = (q.exp() * (q - self.prior_logits)).sum(-1)
-        return -kl.expand(torch.broadcast_shapes(value.shape[:-1], kl.shape))
+        shape = torch.broadcast_shapes(value.shape[:-1], self.batch_shape, kl.shape)
+        return -kl.expand(shape)
 
 
 class GumbelArgmax(dist.TorchDistribution):
