@@ -180,7 +180,8 @@ class RunFolder:
         if clash:
             resume = "continue it with --resume, " if self.kind == "train" else ""
             raise RunFolderError(
-                f"{self.path} already holds a {KINDS[self.kind]} ({', '.join(clash[:4])}); "
+                f"{self.path} already holds a {KINDS[self.kind]} or files one writes "
+                f"({', '.join(clash[:4])}); "
                 f"{resume}replace it with --overwrite, or choose another folder"
             )
 
