@@ -47,7 +47,7 @@ from pyro_moe.tables import write_csv
 
 try:
     import fcntl
-except ImportError:  # not POSIX: no lock (documented in the README)
+except ImportError:  # not POSIX: no lock (documented in docs/reliability.md)
     fcntl = None  # type: ignore[assignment]
 
 #: the kinds of run folder, as messages name them
