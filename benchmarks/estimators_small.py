@@ -25,20 +25,16 @@ import math
 import time
 from typing import Any
 
-import pyro
-import pyro.distributions as dist
 import pyro_moe.guides  # noqa: F401
 import pyro_moe.models  # noqa: F401
 import torch
-from torch import nn
 
 import pyro_moe.estimators  # noqa: F401
 from pyro_moe import variance
-from pyro_moe.base import PyroGuide, data_plate
 from pyro_moe.benchmarking import RESULTS, markdown_table, write_results
 from pyro_moe.cli import OneLineParser
-from pyro_moe.data import split_arrays
-from pyro_moe.registry import ESTIMATORS, GUIDES, MODELS
+from pyro_moe.registry import ESTIMATORS
+from pyro_moe.verification import SETUPS
 
 UNBIASED = (
     "reinforce",
@@ -52,56 +48,6 @@ UNBIASED = (
 )
 STRAIGHT_THROUGH = ("st-gumbel", "gumbel-rao", "reinmax")
 FITTED = ("rebar", "relax")
-
-
-def _moe(guide: str):
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(40, 2, generator=g)
-    y = x.sum(-1, keepdim=True) + 0.3 * torch.randn(40, 1, generator=g)
-    data = split_arrays("tiny", "regression", x, y, seed=0)
-    model = MODELS["moe"].from_data(data, num_components=3, hidden_dim=4)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.7)
-    return model, GUIDES[guide](model), (data.train.x[:4], data.train.y[:4])
-
-
-def _cat_vae():
-    torch.manual_seed(0)
-    model = MODELS["cat-vae"](4, num_latents=2, num_components=3, hidden="4")
-    x = (torch.rand(4, 4) > 0.5).to(torch.get_default_dtype())
-    return model, GUIDES["cat-vae"](model), (x,)
-
-
-class LinearEncoder(PyroGuide):
-    """q(c|x) = Categorical(softmax(W x + b)) for the Gaussian mixture."""
-
-    def __init__(self, model) -> None:
-        super().__init__(model)
-        self.net = nn.Linear(model.input_dim, model.num_components)
-
-    def forward(self, x, y=None, num_data=None):
-        pyro.module("gmm_encoder", self)
-        with data_plate(x, num_data):
-            return pyro.sample("cluster", dist.Categorical(logits=self.net(x)))
-
-
-def _gmm():
-    torch.manual_seed(0)
-    model = MODELS["gmm"](2, num_components=3, covariance="diag")
-    with torch.no_grad():
-        model.pi_logits.normal_(0, 0.5)
-        model.raw_diag.normal_(0, 0.3)
-    return model, LinearEncoder(model), (torch.randn(4, 2),)
-
-
-SETUPS = {
-    "moe-gate": lambda: _moe("gate"),
-    "moe-posterior": lambda: _moe("posterior"),
-    "cat-vae": _cat_vae,
-    "gmm": _gmm,
-}
 
 
 def _score_side(rows: list[dict[str, Any]]) -> str:

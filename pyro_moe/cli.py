@@ -382,6 +382,12 @@ COMMANDS = {
 }
 
 
+def one_line(message: str) -> str:
+    """``message`` with every line break (as ``str.splitlines`` sees them) written as an escape,
+    so that a name or value quoted in an error cannot split it."""
+    return "".join(repr(c)[1:-1] if len(f"a{c}b".splitlines()) > 1 else c for c in message)
+
+
 class Terminated(Exception):
     """SIGTERM outside training (where it stops the loop cleanly instead): one line, exit 143."""
 
@@ -396,11 +402,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except PyroMoeError as e:
-        print(f"pyro-moe: error: {e}", file=sys.stderr)
+        print(f"pyro-moe: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:  # an OS error no library call named: still one line, exit 2
         where = f" {e.filename}" if e.filename is not None else ""
-        print(f"pyro-moe: error:{where} {e.strerror or e}", file=sys.stderr)
+        print(one_line(f"pyro-moe: error:{where} {e.strerror or e}"), file=sys.stderr)
         return 2
     except Terminated:
         print(

@@ -40,7 +40,7 @@ class StorageError(PyroMoeError, OSError):
         return cls(f"{action} {name}: {reason}")
 
 
-class RunFolderError(PyroMoeError):
+class RunFolderError(ConfigError):
     """A run folder that is in use by another process, or that a command may not write into."""
 
 

@@ -47,9 +47,11 @@ from pyro_moe.tables import write_csv
 
 try:
     import fcntl
-except ImportError:  # not POSIX: no lock (documented in the README)
+except ImportError:  # not POSIX: no lock (documented in docs/reliability.md)
     fcntl = None  # type: ignore[assignment]
 
+#: the kinds of run folder, as messages name them
+KINDS = {"train": "run", "compare": "comparison of estimators"}
 MARKER = ".pyro-moe-run"
 LOCK = ".pyro-moe.lock"
 #: the files every training run may write (figures are recorded in the marker as they are drawn)
@@ -178,7 +180,8 @@ class RunFolder:
         if clash:
             resume = "continue it with --resume, " if self.kind == "train" else ""
             raise RunFolderError(
-                f"{self.path} already holds a {self.kind} run's files ({', '.join(clash[:4])}); "
+                f"{self.path} already holds a {KINDS[self.kind]} or files one writes "
+                f"({', '.join(clash[:4])}); "
                 f"{resume}replace it with --overwrite, or choose another folder"
             )
 
@@ -194,8 +197,8 @@ class RunFolder:
             )
         if kind != self.kind:
             raise RunFolderError(
-                f"{self.path} holds a {kind} run, not a {self.kind} run; --overwrite deleted "
-                "nothing"
+                f"{self.path} holds a {KINDS.get(kind, kind)}, not a {KINDS[self.kind]}; "
+                "--overwrite deleted nothing"
             )
 
     def clear(self) -> None:

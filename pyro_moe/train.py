@@ -15,7 +15,7 @@ A checkpoint holds everything an exact resume needs: model, guide and estimator 
 state, the non-module entries of Pyro's param store, the loop's counters and early-stopping
 state, and every RNG state. Resuming replays the rest of the run bit for bit.
 
-Faults (see the README's Reliability section):
+Faults (see docs/reliability.md):
 
 * ``checkpoint_every``: also checkpoint every that many steps, so a killed process loses little.
 * SIGINT / SIGTERM (:mod:`pyro_moe.signals`): the step in progress finishes, a checkpoint is

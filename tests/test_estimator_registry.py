@@ -21,69 +21,20 @@ from __future__ import annotations
 
 import math
 
-import pyro
-import pyro.distributions as dist
 import pyro_moe.guides  # noqa: F401
 import pyro_moe.models  # noqa: F401
 import pytest
 import torch
-from torch import nn
 
 import pyro_moe.estimators  # noqa: F401
 from pyro_moe import variance
-from pyro_moe.base import PyroGuide, data_plate
 from pyro_moe.errors import ConfigError
-from pyro_moe.registry import ESTIMATORS, GUIDES, MODELS
-from tests.helpers import tiny_data, tiny_moe
+from pyro_moe.registry import ESTIMATORS
+from pyro_moe.verification import SETUPS
 
 UNBIASED = [n for n, cls in ESTIMATORS.items() if cls.unbiased_for is not None]
 BIASED = [n for n, cls in ESTIMATORS.items() if cls.unbiased_for is None]
 TEMPERATURES = (2.0, 0.5, 0.1)
-
-
-def _moe(guide: str):
-    torch.manual_seed(0)
-    data = tiny_data("regression", n=40, seed=0)
-    model, guide_ = tiny_moe(data, guide, num_components=3, hidden_dim=4)
-    return model, guide_, (data.train.x[:4], data.train.y[:4])
-
-
-def _cat_vae():
-    torch.manual_seed(0)
-    model = MODELS["cat-vae"](4, num_latents=2, num_components=3, hidden="4")
-    x = (torch.rand(4, 4) > 0.5).to(torch.get_default_dtype())
-    return model, GUIDES["cat-vae"](model), (x,)
-
-
-class _GMMEncoder(PyroGuide):
-    """q(c|x) = Categorical(softmax(W x + b)), its own parameters (the registered
-    ``gmm-posterior`` is the exact posterior, under which every bound equals log p(x))."""
-
-    def __init__(self, model) -> None:
-        super().__init__(model)
-        self.net = nn.Linear(model.input_dim, model.num_components)
-
-    def forward(self, x, y=None, num_data=None):
-        pyro.module("gmm_encoder", self)
-        with data_plate(x, num_data):
-            return pyro.sample("cluster", dist.Categorical(logits=self.net(x)))
-
-
-def _gmm():
-    torch.manual_seed(0)
-    model = MODELS["gmm"](2, num_components=3, covariance="diag")
-    with torch.no_grad():
-        model.pi_logits.normal_(0, 0.5)
-        model.raw_diag.normal_(0, 0.3)
-    return model, _GMMEncoder(model), (torch.randn(4, 2),)
-
-
-SETUPS = {
-    "moe-gate": lambda: _moe("gate"),
-    "moe-posterior": lambda: _moe("posterior"),
-    "cat-vae": _cat_vae,
-    "gmm": _gmm,
-}
 
 
 def _build(name: str, model, guide, **options):

@@ -23,7 +23,8 @@ from pyro_moe.estimators.objectives import exact_objective
 from pyro_moe.estimators.points import top_k_assignments
 from pyro_moe.estimators.reinmax import ReinMaxGate
 from pyro_moe.estimators.unordered import subset_log_probs
-from pyro_moe.registry import ESTIMATORS, GUIDES, MODELS
+from pyro_moe.registry import ESTIMATORS
+from pyro_moe.verification import cat_vae_state, plain_gmm
 from tests.helpers import tiny_data, tiny_moe
 
 
@@ -31,13 +32,6 @@ def _moe(guide: str = "posterior"):
     data = tiny_data("regression", n=40, seed=0)
     model, guide_ = tiny_moe(data, guide, num_components=3, hidden_dim=4)
     return model, guide_, (data.train.x[:4], data.train.y[:4])
-
-
-def _cat_vae():
-    torch.manual_seed(0)
-    model = MODELS["cat-vae"](4, num_latents=2, num_components=3, hidden="4")
-    x = (torch.rand(4, 4) > 0.5).to(torch.get_default_dtype())
-    return model, GUIDES["cat-vae"](model), (x,)
 
 
 def _variance(estimator, model, guide, args, n: int = 200, group: str = "all") -> float:
@@ -64,7 +58,7 @@ def test_relax_lowers_its_variance_during_a_short_run(float64):
     assert after < 0.7 * before, (before, after)
 
 
-@pytest.mark.parametrize("setup", [_moe, _cat_vae], ids=["moe-posterior", "cat-vae"])
+@pytest.mark.parametrize("setup", [_moe, cat_vae_state], ids=["moe-posterior", "cat-vae"])
 def test_rebar_and_relax_have_less_variance_than_reinforce(float64, setup):
     model, guide, args = setup()
     reinforce = _variance(
@@ -213,31 +207,13 @@ def test_reinmax_is_one_hot_forward_and_heun_backward(float64):
     assert torch.allclose(grad, 2 * jvp(pi1) - jvp(pi0) / 2, atol=1e-12)
 
 
-def _plain_gmm(read):
-    """Plain functions with param-store parameters and their own names (plate ``points``)."""
-
-    def model(x):
-        weights = pyro.param("weights", torch.ones(3) / 3, constraint=dist.constraints.simplex)
-        locs = pyro.param("locs", torch.tensor([-2.0, 0.0, 2.0]))
-        with pyro.plate("points", len(x)):
-            z = pyro.sample("z", dist.Categorical(weights))
-            pyro.sample("x", dist.Normal(read(locs, z), 1.0), obs=x)
-
-    def guide(x):
-        logits = pyro.param("assignment_logits", 0.3 * torch.randn(len(x), 3))
-        with pyro.plate("points", len(x)):
-            pyro.sample("z", dist.Categorical(logits=logits))
-
-    return model, guide
-
-
 X = torch.tensor([-2.1, -1.5, 0.2, 1.9, 2.4])
 POINTS = ("unordered", "sum-and-sample", "indecater", "arsm")
 RELAXED = ("rebar", "relax", "reinmax")
 
 
 def test_gradient_report_runs_the_point_estimators_on_an_indexing_program(float64):
-    model, guide = _plain_gmm(lambda locs, z: locs[z])
+    model, guide = plain_gmm(lambda locs, z: locs[z])
     rows = gradient_report(model, guide, X, estimators=POINTS + RELAXED, num_estimates=600)
     for row in rows:
         if row["estimator"] in POINTS:
@@ -248,7 +224,7 @@ def test_gradient_report_runs_the_point_estimators_on_an_indexing_program(float6
 
 
 def test_gradient_report_runs_rebar_relax_and_reinmax_on_a_select_program(float64):
-    model, guide = _plain_gmm(select)
+    model, guide = plain_gmm(select)
     rows = gradient_report(model, guide, X, estimators=RELAXED, num_estimates=200)
     assert all(r["note"] == "" and math.isfinite(r["bias"]) for r in rows)
     assert all(r["max_z"] < 4 for r in rows if r["estimator"] != "reinmax"), rows
@@ -256,7 +232,7 @@ def test_gradient_report_runs_rebar_relax_and_reinmax_on_a_select_program(float6
 
 def test_point_estimators_tell_the_harness_their_model_runs_per_row(float64):
     """The vectorised harness shrinks its chunk of estimates by this factor."""
-    model, guide, args = _cat_vae()  # C = 2 cells of K = 3
+    model, guide, args = cat_vae_state()  # C = 2 cells of K = 3
     expected = {"indecater": 2 * 3 * 2, "arsm": (3 + 1) * 2, "unordered": 2 * 2}
     for name, points in expected.items():
         estimator = ESTIMATORS[name](max_plate_nesting=2)

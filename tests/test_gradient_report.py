@@ -15,26 +15,9 @@ import torch
 from pyro_moe import gradient_report, select
 from pyro_moe.cli import main
 from pyro_moe.estimators import objectives
+from pyro_moe.verification import plain_gmm
 
 X = [-2.1, -1.5, 0.2, 1.9, 2.4]
-
-
-def _gmm(read):
-    """A Gaussian mixture as two functions; ``read(locs, z)`` picks the component's mean."""
-
-    def model(x):
-        weights = pyro.param("weights", torch.ones(3) / 3, constraint=dist.constraints.simplex)
-        locs = pyro.param("locs", torch.tensor([-2.0, 0.0, 2.0]))
-        with pyro.plate("points", len(x)):
-            z = pyro.sample("z", dist.Categorical(weights))
-            pyro.sample("x", dist.Normal(read(locs, z), 1.0), obs=x)
-
-    def guide(x):
-        logits = pyro.param("assignment_logits", 0.3 * torch.randn(len(x), 3))
-        with pyro.plate("points", len(x)):
-            pyro.sample("z", dist.Categorical(logits=logits))
-
-    return model, guide
 
 
 def _rows(rows, name):
@@ -42,7 +25,7 @@ def _rows(rows, name):
 
 
 def test_plain_gmm_score_function_rows_are_unbiased_and_gumbel_is_not_applicable(float64):
-    model, guide = _gmm(lambda locs, z: locs[z])
+    model, guide = plain_gmm(lambda locs, z: locs[z])
     x = torch.tensor(X)
     rows = gradient_report(model, guide, x, estimators=("reinforce", "enum"), num_estimates=300)
     rows += gradient_report(
@@ -64,7 +47,7 @@ def test_plain_gmm_score_function_rows_are_unbiased_and_gumbel_is_not_applicable
 
 
 def test_a_select_based_program_gets_relaxed_rows(float64):
-    model, guide = _gmm(select)
+    model, guide = plain_gmm(select)
     rows = gradient_report(
         model, guide, torch.tensor(X), estimators=("gumbel", "st-gumbel"), num_estimates=500
     )
@@ -139,7 +122,7 @@ def test_out_of_reach_programs_are_measured_against_a_monte_carlo_reference(floa
 
 
 def test_unknown_site_names_are_refused(float64):
-    model, guide = _gmm(lambda locs, z: locs[z])
+    model, guide = plain_gmm(lambda locs, z: locs[z])
     with pytest.raises(Exception, match="not sampled by the guide"):
         gradient_report(model, guide, torch.tensor(X), sites=("cluster",), num_estimates=10)
 

@@ -226,7 +226,7 @@ def test_compare_estimators_replaces_an_earlier_comparison_only_with_overwrite(t
 def test_compare_estimators_overwrite_refuses_a_training_run(run_dir, capsys):
     before = snapshot(run_dir)
     err = one_line_error(capsys, main([*COMPARE, "--out", str(run_dir), "--overwrite"]))
-    assert "holds a train run" in err and snapshot(run_dir) == before
+    assert "holds a run, not a comparison of estimators" in err and snapshot(run_dir) == before
 
 
 # --- the data file --------------------------------------------------------------------------------

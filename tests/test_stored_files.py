@@ -250,8 +250,9 @@ def test_a_malformed_config_is_refused_cleanly(trained, tmp_path, data, command)
         (b'{"data": "bishop", "train": {}}', "names no model"),
         (b'{"model": "moe", "model_options": "gate=mlp", "data": "bishop"}', "'model_options'"),
         (b'{"model": "moe", "data": null, "train": {}}', "no data"),
+        (b'{"model": "moe", "data": "bishop", "model_options": {"\\r": 1}}', "option \\r;"),
     ],
-    ids=["binary", "null", "list", "no-model", "options-string", "data-null"],
+    ids=["binary", "null", "list", "no-model", "options-string", "data-null", "line-break"],
 )
 def test_named_malformed_configs(trained, tmp_path, capsys, config, message):
     run = fresh_copy(trained, tmp_path)
@@ -259,7 +260,8 @@ def test_named_malformed_configs(trained, tmp_path, capsys, config, message):
     for argv in (["evaluate", str(run)], ["train", "--resume", "--out", str(run), "--quiet"]):
         code, err = run_cli(argv)
         assert code == 2 and message in err, err
-        assert "config.json" in err or message == "no data", err  # that one names the way out
+        named = message in ("no data", "option \\r;")  # these name the way out instead
+        assert "config.json" in err or named, err
         assert_clean(code, err)
 
 

@@ -188,7 +188,8 @@ def test_dvmoe_default_input_weight_beats_the_seeds_weight_on_shells():
     test MSE 0.47 vs 3.2 (measured; seed 1 gave 0.78 vs 3.0, and at 1,200 steps seeds 0-4 gave
     0.0095, 0.021, 2.2, 0.019, 0.88 vs 0.26, 0.21, 5.0, 0.33, 2.9). At weight 1 the input ELBO
     pulls q(c|x) towards a soft partition that nested shells do not have. The Deep MoE baseline
-    reaches 0.45 on this budget and seed, so DVMoE does not beat it here (README, Table 1)."""
+    reaches 0.45 on this budget and seed, so DVMoE does not beat it here (Table 1 in
+    benchmarks/results/README.md)."""
     default = shells_test_mse("dvmoe")
     seeds_objective = shells_test_mse("dvmoe", x_weight=1.0)
     assert default < 0.25 * seeds_objective
