@@ -55,7 +55,7 @@ from pyro_moe.benchmarking import RESULTS, command_line, fixed_budget, markdown_
 from pyro_moe.checkpoint import atomic_write_json, atomic_write_text
 from pyro_moe.cli import OneLineParser
 from pyro_moe.data import Split, load_dataset
-from pyro_moe.errors import ConfigError, PyroMoeError
+from pyro_moe.errors import ConfigError, PyroMoeError, TrainingInterrupted
 from pyro_moe.estimators.sampled import point_costs, run_traces
 from pyro_moe.estimators.temperature import Temperature
 from pyro_moe.experiment import RunSpec, build, build_estimator, build_model
@@ -525,3 +525,6 @@ if __name__ == "__main__":
     except PyroMoeError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TrainingInterrupted as e:  # the run folder's checkpoint resumes it
+        print(f"interrupted: {e}; run the same command again to resume", file=sys.stderr)
+        sys.exit(e.exit_code)
