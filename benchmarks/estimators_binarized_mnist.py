@@ -149,18 +149,24 @@ def result_path(out: Path, name: str, seed: int) -> Path:
     return out / NAME / f"{name}_seed{seed}.json"
 
 
-def machine_facts() -> dict[str, Any]:
+def machine_facts(device: str = "cpu") -> dict[str, Any]:
+    """CPU count, torch threads, load average and, on CUDA, the GPU's name, measured now."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
+    facts = {
         "cpus": cpus,
         "torch_threads": torch.get_num_threads(),
         "load_average": [round(v, 2) for v in os.getloadavg()],
     }
+    if torch.device(device).type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return facts
 
 
 def test_bounds(model, guide, x: torch.Tensor, samples: int) -> tuple[float, float]:
-    """(-ELBO, -L_S) per image averaged over ``x`` (module docstring), S = ``samples``."""
-    chunk = max(1, 20_000 // samples)  # keeps the decoder's activations near 100 MB
+    """(-ELBO, -L_S) per image averaged over ``x`` (module docstring), S = ``samples``; ``x``
+    on the device of the model's parameters."""
+    rows = 500_000 if x.is_cuda else 20_000  # decoder activations near 100 MB (2.5 GB on a GPU)
+    chunk = max(1, rows // samples)
     elbo = iw = 0.0
     with torch.no_grad():
         for start in range(0, len(x), chunk):
@@ -172,10 +178,22 @@ def test_bounds(model, guide, x: torch.Tensor, samples: int) -> tuple[float, flo
     return -elbo / len(x), -iw / len(x)
 
 
+def gpu_processes(device: torch.device) -> int | None:
+    """How many processes hold a context on the GPU now (they share its time); None where the
+    NVIDIA management library cannot say."""
+    try:
+        listing = torch.cuda.list_gpu_processes(device)
+    except (ImportError, ModuleNotFoundError, RuntimeError):
+        return None
+    return sum(1 for line in listing.splitlines() if line.strip().startswith("process"))
+
+
 def epoch_facts(trainer) -> dict[str, float]:
-    """The 1-minute load average at the end of the epoch, and the estimator's temperature where
-    it has one."""
+    """The 1-minute load average at the end of the epoch, on a GPU the number of processes
+    sharing it, and the estimator's temperature where it has one."""
     facts = {"load": round(os.getloadavg()[0], 2)}
+    if trainer.device.type == "cuda" and (count := gpu_processes(trainer.device)) is not None:
+        facts["gpu_processes"] = count
     temperature = getattr(trainer.estimator, "temperature", None)
     return {**facts, "tau": float(temperature())} if callable(temperature) else facts
 
@@ -196,7 +214,7 @@ def check_run_folder(run: RunFolder, expected: dict[str, Any]) -> bool:
 def train_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Train (or resume) one estimator with one seed, score it, write its result file."""
     torch.set_num_threads(args.threads)
-    start_facts = machine_facts()
+    start_facts = machine_facts(args.device)
     data = load_data(args)
     expected = protocol(args, data)
     options = schedule_options(name, args)
@@ -219,11 +237,13 @@ def train_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         clip_norm=None,
         checkpoint_every=args.checkpoint_every,
         max_nonfinite_skips=args.max_nonfinite_skips,
+        device=args.device,
     )
     info = {"model": "cat-vae", "estimator": name, "seed": seed, "protocol": expected}
     result = fit(model, guide, estimator, data, config, run.path, resume, info, [epoch_facts])
     eval_start = time.perf_counter()
-    neg_elbo, neg_iw = test_bounds(model, guide, data.test.x, args.test_samples)
+    test_x = data.test.x.to(args.device, next(model.parameters()).dtype)
+    neg_elbo, neg_iw = test_bounds(model, guide, test_x, args.test_samples)
     record = {
         "estimator": name,
         "seed": seed,
@@ -240,13 +260,26 @@ def train_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "curve": [
             {
                 k: r[k]
-                for k in ("step", "epoch", "wall_seconds", "valid_loss", "tau", "load")
+                for k in (
+                    "step",
+                    "epoch",
+                    "wall_seconds",
+                    "valid_loss",
+                    "tau",
+                    "load",
+                    "gpu_processes",
+                )
                 if k in r
             }
             for r in result.history
         ],
         "protocol": expected,
-        "machine": {"start": start_facts, "end": machine_facts(), "jobs": args.jobs},
+        "machine": {
+            "start": start_facts,
+            "end": machine_facts(args.device),
+            "jobs": args.jobs,
+            "device": args.device,
+        },
         "versions": versions(),
         "command": command_line(),
     }
@@ -365,8 +398,17 @@ def table_row(records: list[dict[str, Any]]) -> dict[str, Any]:
         + ("" if all("load" in c for r in records for c in r["curve"]) else " (start/end only)"),
         "threads x jobs": f"{first['machine']['start']['torch_threads']} x "
         f"{first['machine']['jobs']}",
+        "device": device_column(records),
         "mean": statistics.mean(r["test_neg_elbo"] for r in records),
     }
+
+
+def device_column(records: list[dict[str, Any]]) -> str:
+    """CPU, or the GPU's name with the range of processes that shared it during training."""
+    gpus = sorted({r["machine"]["start"].get("gpu", "CPU") for r in records})
+    shared = [c["gpu_processes"] for r in records for c in r["curve"] if "gpu_processes" in c]
+    share = f" ({min(shared)}..{max(shared)} processes)" if shared else ""
+    return "/".join(gpus) + share
 
 
 def describe(records: list[dict[str, Any]]) -> str:
@@ -388,7 +430,9 @@ def describe(records: list[dict[str, Any]]) -> str:
         f"Machine facts as measured by each run: {'/'.join(map(str, cpus))} CPU(s); the load "
         "column is the range of the 1-minute load average measured at the start, after every "
         "epoch (where recorded) and at the end of the estimators' runs. "
-        "Wall times are comparable only between rows whose load stayed below the CPU count.\n\n"
+        "Wall times are comparable only between rows of the same device whose load stayed below "
+        "the CPU count; on a GPU, only between rows that shared it with as many processes (the "
+        "device column: a GPU runs one process's kernels at a time).\n\n"
         + ("Result files from more than one protocol are mixed in this table.\n\n" if mixed else "")
     )
 
@@ -511,6 +555,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--more-seeds", type=parse_seeds, default=[1, 2])
     p.add_argument("--jobs", type=int, default=1, help="processes, at most one per core")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (every job on that device)")
     p.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints")
     p.add_argument("--max-nonfinite-skips", type=int, default=10)
     p.add_argument("--runs", help="run folders (default: runs/NAME, or OUT/runs with --out)")
