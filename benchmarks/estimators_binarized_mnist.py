@@ -342,6 +342,11 @@ def pending(names: list[str], seeds: list[int], args, expected) -> list[tuple[st
 
 def main(args: argparse.Namespace) -> int:
     check_args(args)
+    if args.collect_cut:
+        for folder in args.collect_cut:
+            collect_cut(Path(folder), Path(args.out))
+        assemble(Path(args.out))
+        return 0
     if args.assemble:
         assemble(Path(args.out))
         return 0
@@ -360,13 +365,127 @@ def main(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+# --- runs cut before the protocol's end --------------------------------------------------------
+def cut_path(out: Path, name: str, seed: int) -> Path:
+    return out / NAME / "cut" / f"{name}_seed{seed}.json"
+
+
+def collect_cut(folder: Path, out: Path) -> None:
+    """Record every unfinished run folder under ``folder`` (``*/config.json`` + ``metrics.csv``
+    of a run this script started) as ``OUT/NAME/cut/ESTIMATOR_seedK.json``: its validation
+    curve so far, the device and the protocol, marked cut. A run with a finished result file is
+    skipped; so is one whose folder holds no epoch yet."""
+    configs = sorted(folder.rglob("config.json"))
+    if not configs:
+        raise ConfigError(f"{folder} holds no run folder (no */config.json)")
+    for config in configs:
+        run = RunFolder(config.parent)
+        stored = run.read_config()
+        spec, curve = stored.spec, run.read_metrics()
+        if "protocol" not in spec or not curve:
+            continue
+        name, seed = spec["estimator"], spec["seed"]
+        if result_path(out, name, seed).is_file():
+            continue
+        if curve[-1]["epoch"] >= spec["protocol"]["epochs"]:
+            print(f"{config.parent}: finished, not cut; rerun the protocol to score it")
+            continue
+        keep = ("step", "epoch", "wall_seconds", "valid_loss", "tau", "load", "gpu_processes")
+        record = {
+            "estimator": name,
+            "seed": seed,
+            "cut": True,
+            "steps": curve[-1]["step"],
+            "epochs_done": curve[-1]["epoch"],
+            "device": stored.train.get("device", "cpu"),
+            "platform": stored_versions(config).get("platform", "unknown"),
+            "curve": [{k: row[k] for k in keep if k in row} for row in curve],
+            "protocol": spec["protocol"],
+            "command": command_line(),
+        }
+        path = cut_path(out, name, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, record)
+
+
+def stored_versions(config: Path) -> dict[str, str]:
+    """The ``versions`` a run folder's config.json recorded (empty if none)."""
+    versions_ = json.loads(config.read_text()).get("versions")
+    return versions_ if isinstance(versions_, dict) else {}
+
+
+def run_device(record: dict[str, Any]) -> str:
+    """A run's device, with the range of processes that shared its GPU and of the 1-minute
+    load average over its epochs."""
+    device = record["device"] if record.get("cut") else record["machine"].get("device", "cpu")
+    shared = [c["gpu_processes"] for c in record["curve"] if "gpu_processes" in c]
+    loads = [c["load"] for c in record["curve"] if "load" in c]
+    if shared:
+        device += f", {min(shared)}..{max(shared)} GPU processes"
+    if loads:
+        device += f", load {min(loads):.1f}..{max(loads):.1f}"
+    return device
+
+
+def valid_at(curve: list[dict[str, Any]], step: int) -> float | None:
+    """The validation -ELBO recorded at exactly ``step`` (None if the curve has no such row)."""
+    return next((c["valid_loss"] for c in curve if c["step"] == step), None)
+
+
+def equal_steps_rows(records: list[dict[str, Any]], cut: list[dict[str, Any]]) -> tuple:
+    """Every run, finished or cut, at the largest step all of them reached: the validation
+    -ELBO there (the comparison at equal steps), and where each cut run stopped."""
+    runs = records + cut
+    common = min(r["curve"][-1]["step"] for r in runs)
+    rows = []
+    for r in runs:
+        last = r["curve"][-1]
+        rows.append(
+            {
+                "estimator": r["estimator"],
+                "seed": r["seed"],
+                "run": "cut" if r.get("cut") else "finished",
+                "device": run_device(r),
+                f"valid -ELBO at step {common}": f"{valid_at(r['curve'], common):.2f}",
+                "last epoch": last["epoch"],
+                "valid -ELBO at last epoch": f"{last['valid_loss']:.2f}",
+                "wall s at last epoch": round(last["wall_seconds"]),
+            }
+        )
+    return common, sorted(rows, key=lambda row: float(row[f"valid -ELBO at step {common}"]))
+
+
+def cut_section(records: list[dict[str, Any]], cut: list[dict[str, Any]]) -> str:
+    if not cut:
+        return ""
+    common, rows = equal_steps_rows(records, cut)
+    epochs = cut[0]["protocol"]["epochs"]
+    platforms = "; ".join(sorted({f"{r['device']} on {r['platform']}" for r in cut}))
+    return (
+        f"\n\n## Runs cut before the protocol's {epochs} epochs\n\n"
+        f"{len(cut)} run(s) stopped before the end (their files are in {NAME}/cut/; they have no "
+        "test bounds). Every run, finished or cut, at the largest step all reached: the "
+        f"validation -ELBO ({cut[0]['protocol']['valid_samples']}-sample Monte Carlo ELBO on the "
+        f"validation rows) at step {common}, lower is better. Cut runs ran on: {platforms}; "
+        "the load and GPU-sharing of every epoch are in their files.\n\n"
+        + markdown_table(rows, list(rows[0]))
+    )
+
+
 # --- the table, from the result files alone -------------------------------------------------
-def read_result(path: Path) -> dict[str, Any]:
+RESULT_KEYS = frozenset({"estimator", "seed", "test_neg_elbo", "protocol", "curve"})
+CUT_KEYS = frozenset({"estimator", "seed", "cut", "device", "platform", "protocol", "curve"})
+
+
+def read_result(path: Path, keys: frozenset = RESULT_KEYS) -> dict[str, Any]:
+    """A result file (or, with ``CUT_KEYS``, a cut run's file), checked for its fields."""
     try:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path} is not a readable result file: {e}") from None
-    missing = {"estimator", "seed", "test_neg_elbo", "protocol", "curve"} - set(record)
+    if not isinstance(record, dict):
+        raise ConfigError(f"{path} is not a result file (not a JSON object)")
+    missing = keys - set(record)
     if missing:
         raise ConfigError(f"{path} is not a result file (no {', '.join(sorted(missing))})")
     return record
@@ -441,6 +560,7 @@ def assemble(out: Path) -> None:
     """Write ``OUT/NAME.md``, ``.json`` and ``.png`` from the result files in ``OUT/NAME/``."""
     files = sorted((out / NAME).glob("*_seed*.json"))
     records = [read_result(f) for f in files]
+    cut = [read_result(f, CUT_KEYS) for f in sorted((out / NAME / "cut").glob("*_seed*.json"))]
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in sorted(records, key=lambda r: r["seed"]):
         groups.setdefault(r["estimator"], []).append(r)
@@ -454,6 +574,8 @@ def assemble(out: Path) -> None:
         + f"\n\n![test -ELBO against wall-clock seconds]({NAME}.png)\n\n"
         + "Published (Jang et al. 2017, Table 1, -ELBO):\n\n"
         + published
+        + cut_section(records, cut)
+        + (f"\n\n![validation -ELBO against steps, every run]({NAME}_steps.png)\n" if cut else "")
     )
     command = command_line()
     atomic_write_text(
@@ -463,6 +585,8 @@ def assemble(out: Path) -> None:
     summary = {"rows": rows, "published": PUBLISHED, "files": [f.name for f in files]}
     atomic_write_json(out / f"{NAME}.json", {"command": command, "results": summary})
     plot_curves(groups, out / f"{NAME}.png")
+    if cut:
+        plot_steps(records, cut, out / f"{NAME}_steps.png")
 
 
 def plot_curves(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -495,6 +619,35 @@ def plot_curves(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
     ax.set_title("lines: validation; dots: test; dotted: published (Jang et al.)", fontsize=9)
     if groups:
         ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_steps(records: list[dict[str, Any]], cut: list[dict[str, Any]], path: Path) -> None:
+    """Validation -ELBO against optimisation steps for every run, finished (solid) and cut
+    (dashed): the comparison at equal steps that runs on different machines allow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    names = sorted({r["estimator"] for r in records + cut})
+    for r in sorted(records + cut, key=lambda r: (r["estimator"], r["seed"])):
+        i = names.index(r["estimator"])
+        steps, losses = zip(*[(c["step"], c["valid_loss"]) for c in r["curve"]], strict=True)
+        style = dict(color=f"C{i % 10}", lw=1, ls="--" if r.get("cut") else "-")
+        if i >= 10:
+            style["marker"], style["ms"], style["markevery"] = ".", 3, 5
+        ax.plot(steps, losses, label=f"{r['estimator']} s{r['seed']}", **style)
+    ax.set_xlabel("optimisation steps (batch 100)")
+    ax.set_ylabel("validation -ELBO per image (nats)")
+    ax.set_ylim(top=min(180.0, ax.get_ylim()[1]))
+    ax.set_title("solid: finished runs; dashed: runs cut before the protocol's end", fontsize=9)
+    ax.legend(fontsize=6, ncol=3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -561,6 +714,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", help="run folders (default: runs/NAME, or OUT/runs with --out)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--assemble", action="store_true", help="only build the table from results")
+    p.add_argument(
+        "--collect-cut",
+        nargs="+",
+        metavar="FOLDER",
+        help="record the unfinished run folders under FOLDER as cut runs, then assemble",
+    )
     return p
 
 
