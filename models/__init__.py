@@ -4,6 +4,7 @@ from pyro_moe.models import (  # noqa: F401  (register the models)
     cat_vae,
     dmvae,
     gmm,
+    mixture_of_vaes,
     moe,
     vade,
     vae,

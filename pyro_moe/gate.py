@@ -78,6 +78,10 @@ def _weighted(values: torch.Tensor, w: torch.Tensor, event_dim: int, k: int) -> 
         raise ValueError(
             f"select: one-hot gate has {w.shape[-1]} components in its last dim, values have {k}"
         )
+    if event_dim and values.dim() == event_dim + 1:  # a table [K, *event]: one matrix product
+        event_shape = values.shape[1:]
+        out = torch.matmul(w, values.reshape(k, -1))  # c_batch + [prod(event)]
+        return out.reshape(w.shape[:-1] + event_shape)
     w = w.reshape(w.shape + (1,) * event_dim)  # c_batch + [K] + [1]*event_dim
     return (w * values).sum(dim=-1 - event_dim)
 

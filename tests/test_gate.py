@@ -44,6 +44,18 @@ def test_relaxed_weights_give_the_convex_combination(values):
     torch.testing.assert_close(select(values, w, event_dim=1), expected)
 
 
+def test_weights_on_a_component_table():
+    """A table without batch dims (one matrix product): the convex combination, exact for
+    one-hot rows, with leading batch dims of the weights kept."""
+    table = torch.randn(K, M, 2)
+    w = torch.softmax(torch.randn(4, N, K), -1)
+    expected = torch.einsum("bnk,kmj->bnmj", w, table)
+    torch.testing.assert_close(select(table, w, event_dim=2), expected)
+    c = torch.tensor([2, 0, 1, 1, 0])
+    one_hot = torch.nn.functional.one_hot(c, K).to(table.dtype)
+    assert torch.equal(select(table, one_hot, event_dim=2), table[c])
+
+
 def test_relaxed_weights_pass_gradients(values):
     logits = torch.randn(N, K, requires_grad=True)
     select(values, torch.softmax(logits, -1), event_dim=1).sum().backward()

@@ -29,16 +29,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pyro
 import torch
-from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.base import Estimator, value_with_gradient_of
+from pyro_moe.estimators.traces import ESTIMATES, PARTICLES, run_traces
 
-ESTIMATES = "estimates_vectorized"
-PARTICLES = "num_particles_vectorized"
 DATA = "data"
 CLUSTER = "cluster"
 
@@ -52,33 +49,6 @@ class Costs:
     scale: float  # the data plate's scale num_data / batch size
     guide_trace: Any
     model_trace: Any
-
-
-def _in_plates(fn, num_estimates: int, num_particles: int, nesting: int):
-    def wrapped(*args, **kwargs):
-        with (
-            pyro.plate(ESTIMATES, num_estimates, dim=-(nesting + 2)),
-            pyro.plate(PARTICLES, num_particles, dim=-(nesting + 1)),
-        ):
-            return fn(*args, **kwargs)
-
-    return wrapped
-
-
-def run_traces(
-    model, guide, args, kwargs, num_estimates: int, num_particles: int, nesting: int, handler=None
-):
-    """Trace the guide, then the model replaying it, inside the estimates/particles plates."""
-    if handler is not None:  # (model handler, guide handler)
-        model, guide = handler[0](model), handler[1](guide)
-    guide_trace = poutine.trace(_in_plates(guide, num_estimates, num_particles, nesting)).get_trace(
-        *args, **kwargs
-    )
-    replayed = poutine.replay(
-        _in_plates(model, num_estimates, num_particles, nesting), trace=guide_trace
-    )
-    model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
-    return model_trace, guide_trace
 
 
 def in_plate(site: dict, plate: str = DATA) -> bool:
@@ -207,6 +177,7 @@ class SampledEstimator(Estimator):
             self.num_particles,
             self.max_plate_nesting,
             self.handler(),
+            unit_plates=False,
         )
         return point_costs(
             model_trace,
