@@ -77,6 +77,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -367,10 +368,89 @@ class PostLoss(Estimator):
         return guide.target.post_loss(x)["loss"] * (num_data or len(x))
 
 
+def exact_elbo(model: MixtureOfVAEs, guide: PyroGuide, x: torch.Tensor, chunk: int = 2000) -> float:
+    """The ELBO per row of ``x``, summed over the experts exactly (``enum``, one z per expert),
+    without the balancing factor (a property of a batch, not of the data)."""
+    from pyro_moe.registry import ESTIMATORS
+
+    enum, balance = ESTIMATORS["enum"](max_plate_nesting=model.max_plate_nesting), model.balance
+    model.balance = 0.0
+    try:
+        total = sum(enum.value(model.model, guide, part) for part in x.split(chunk))
+    finally:
+        model.balance = balance
+    return -total / len(x)
+
+
+class ExpertHistory:
+    """A :func:`~pyro_moe.train.fit` callback: after every epoch, the manager's clustering scores
+    on ``x`` against ``labels`` (when given), each expert's share (1/N) sum_n q(e|x_n) and every
+    expert's decoder mean at one fixed code z (drawn once from a generator of its own, so the
+    training RNG is untouched): the rows of the post's samples figure. Call :meth:`record` before
+    training for epoch 0."""
+
+    def __init__(
+        self, model: MixtureOfVAEs, x: torch.Tensor, labels: torch.Tensor | None, seed: int = 0
+    ) -> None:
+        self.model, self.x, self.labels = model, x, labels
+        self.z = torch.randn(1, model.latent_dim, generator=torch.Generator().manual_seed(seed))
+        self.rows: list[dict[str, float]] = []
+        self.usage: list[list[float]] = []  # [epochs][E]
+        self.samples: list[torch.Tensor] = []  # [epochs] of [E, D]
+
+    def record(self, epoch: int) -> dict[str, float]:
+        """Measure now, as epoch ``epoch``; returns the row (also kept in ``rows``)."""
+        from pyro_moe import metrics
+
+        with torch.no_grad():
+            probs = torch.cat([self.model.expert_probs(part) for part in self.x.split(4096)])
+        top = probs.reshape(len(probs), self.model.num_components, -1).sum(-1)
+        row = {"epoch": epoch, "usage_entropy": float(usage_entropy(top))}
+        if self.labels is not None:
+            row.update(metrics.clustering_scores(self.labels, top.argmax(-1)))
+        self.rows.append(row)
+        self.usage.append(probs.mean(0).tolist())
+        self.samples.append(self.model.expert_samples(self.z)[0])
+        return row
+
+    def __call__(self, trainer) -> dict[str, float]:
+        row = self.record(trainer.state.epoch)
+        return {f"tracked_{k}": v for k, v in row.items() if k != "epoch"}
+
+
+@torch.no_grad()
+def subexpert_table(
+    model: MixtureOfVAEs, x: torch.Tensor, labels: torch.Tensor
+) -> list[dict[str, Any]]:
+    """For each expert e = c * K2 + s: the rows of ``x`` whose most probable expert it is
+    (``count``), their labels (``digits``: label -> count), their mean image (``mean``) and the
+    expert's decoder mean at z = 0 (``prototype``)."""
+    expert = model.predict_expert(x)
+    prototypes = model.expert_samples(torch.zeros(1, model.latent_dim))[0]
+    table = []
+    for e in range(model.num_experts):
+        routed = expert == e
+        values, counts = torch.unique(labels[routed], return_counts=True)
+        table.append(
+            {
+                "c": e // model.subexperts,
+                "s": e % model.subexperts,
+                "count": int(routed.sum()),
+                "digits": {int(v): int(n) for v, n in zip(values, counts, strict=True)},
+                "mean": x[routed].mean(0) if routed.any() else torch.zeros(x.shape[1]),
+                "prototype": prototypes[e],
+            }
+        )
+    return table
+
+
 __all__ = [
+    "ExpertHistory",
     "MixtureOfVAEs",
     "MixtureOfVAEsGuide",
     "PostLoss",
     "balancing_term",
+    "exact_elbo",
+    "subexpert_table",
     "usage_entropy",
 ]

@@ -60,9 +60,24 @@ class BatchedLinear(nn.Module):
 
     def selected(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """``y[...] = x[...] @ W[e[...]] + b[e[...]]``: map ``e`` on each row; ``x`` is
-        ``[..., D]`` and the integer ``e`` broadcasts against ``x.shape[:-1]``."""
-        out = (x.unsqueeze(-2) @ self.weight[e]).squeeze(-2)  # [..., out]
-        return out + self.bias[e]
+        ``[..., D]`` and the integer ``e`` broadcasts against ``x.shape[:-1]``.
+
+        The dims where ``e`` has size 1 (e.g. the data plate of an enumerated ``[K, 1]``) are
+        gathered into the rows of one matrix product per entry of ``e``, so the weights are
+        read ``e.numel()`` times and never copied per row."""
+        shape = torch.broadcast_shapes(x.shape[:-1], e.shape)
+        e = e.reshape((1,) * (len(shape) - e.dim()) + e.shape)
+        rows = [i for i in range(len(shape)) if e.shape[i] == 1 and shape[i] != 1]
+        own = [i for i in range(len(shape)) if i not in rows]
+        order = own + rows
+        x = x.expand(shape + x.shape[-1:]).permute(*order, len(shape))
+        own_shape = [shape[i] for i in own]
+        x = x.reshape(*own_shape, -1, x.shape[-1])  # [own..., M, D]
+        index = e.permute(*order).reshape(own_shape)  # [own...]
+        out = x @ self.weight[index] + self.bias[index].unsqueeze(-2)  # [own..., M, out]
+        out = out.reshape(*own_shape, *[shape[i] for i in rows], out.shape[-1])
+        inverse = [order.index(i) for i in range(len(shape))]
+        return out.permute(*inverse, len(shape))
 
 
 class BatchedMLP(nn.Module):

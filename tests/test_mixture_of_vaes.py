@@ -175,3 +175,19 @@ def test_bad_options_say_so():
         MixtureOfVAEs(3, num_subcomponents=0)
     with pytest.raises(ConfigError, match="decoder_std"):
         MixtureOfVAEs(3, decoder_std=0.0)
+
+
+@pytest.mark.parametrize(
+    "index_shape", [(6, 1), (2, 3, 1), (40,), (1, 40)], ids=["support", "two-level", "rows", "pad"]
+)
+def test_a_selected_network_equals_every_network_then_picking_it(index_shape):
+    from pyro_moe.nn import BatchedMLP
+
+    torch.manual_seed(2)
+    net = BatchedMLP([3, 5, 4], 6, "sigmoid")
+    index = torch.randint(6, index_shape)
+    batch = torch.broadcast_shapes(index.shape, (40,))
+    x = torch.randn(*batch, 3)
+    every = net(x.unsqueeze(-2).expand(*batch, 6, 3))  # [..., 6, 4]
+    expected = every.gather(-2, index.expand(batch)[..., None, None].expand(*batch, 1, 4))
+    assert torch.allclose(net.selected(x, index), expected.squeeze(-2), atol=1e-6)

@@ -49,6 +49,11 @@ BENCHMARK_SMOKE_ARGS = {
         *("--cat-steps", "1", "--cat-batch", "4"),
     ],
     "mnist_experts.py": ["--limit", "200", "--epochs", "1"],
+    "mixture_of_vaes.py": [
+        *("--data", "digits", "--train-limit", "200", "--valid-limit", "50"),
+        *("--test-limit", "100", "--epochs", "1", "--hidden", "8"),
+        *("--methods", "post-loss,rloo,hierarchical"),
+    ],
     "table1_dvmoe.py": [
         *("--epochs", "1", "--seeds", "1", "--n", "100", "--batch-size", "20", "--dims", "2"),
     ],
@@ -64,6 +69,7 @@ NOTEBOOK_SMOKE_ENV = {
         "PYRO_MOE_NOTEBOOK_ESTIMATES": "16",
     },
     "dvmoe.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "1"},
+    "mixture_of_vaes.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "1"},
 }
 
 
