@@ -51,11 +51,11 @@ from typing import Any
 
 import torch
 
-from pyro_moe.benchmarking import RESULTS, command_line, fixed_budget, markdown_table
+from pyro_moe.benchmarking import RESULTS, command_line, fixed_budget, markdown_table, run_script
 from pyro_moe.checkpoint import atomic_write_json, atomic_write_text
 from pyro_moe.cli import OneLineParser
 from pyro_moe.data import Split, load_dataset
-from pyro_moe.errors import ConfigError, PyroMoeError, TrainingInterrupted
+from pyro_moe.errors import ConfigError, PyroMoeError
 from pyro_moe.estimators.sampled import point_costs, run_traces
 from pyro_moe.estimators.temperature import Temperature
 from pyro_moe.experiment import RunSpec, build, build_estimator, build_model
@@ -724,11 +724,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(parser().parse_args()))
-    except PyroMoeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingInterrupted as e:  # the run folder's checkpoint resumes it
-        print(f"interrupted: {e}; run the same command again to resume", file=sys.stderr)
-        sys.exit(e.exit_code)
+    run_script(lambda: main(parser().parse_args()))

@@ -55,7 +55,8 @@ BENCHMARK_SMOKE_ARGS = {
         *("--methods", "post-loss,rloo,hierarchical"),
     ],
     "table1_dvmoe.py": [
-        *("--epochs", "1", "--seeds", "1", "--n", "100", "--batch-size", "20", "--dims", "2"),
+        *("--epochs", "1", "--seeds", "3", "--n", "100", "--batch-size", "20", "--dims", "2"),
+        *("--valid-seeds", "7", "--lrs", "0.01", "--widths", "8", "--search-x-weights", "0.3"),
     ],
 }
 #: scripts that need an optional extra: (module, extra); without it they must say so and exit 2
