@@ -2,6 +2,7 @@
 
 from pyro_moe.models import (  # noqa: F401  (register the models)
     cat_vae,
+    dlgmm,
     dmvae,
     gmm,
     mixture_of_vaes,
