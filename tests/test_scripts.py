@@ -68,6 +68,7 @@ OPTIONAL = {"overhead_storchastic.py": ("storch", "bench")}
 #: environment that gives each notebook a small budget
 NOTEBOOK_SMOKE_ENV = {
     "deep_clustering.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "2"},
+    "dlgmm.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "1"},
     "quickstart.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "3"},
     "gradient_estimators.ipynb": {
         "PYRO_MOE_NOTEBOOK_EPOCHS": "2",
