@@ -73,6 +73,7 @@ class NutsConfig:
     seed: int = 0
     target_accept: float = 0.8
     max_tree_depth: int = 10
+    full_mass: bool = True  # adapt a dense mass matrix (gate weights and biases correlate)
     init_radius: float = 2.0  # the random starts u ~ Uniform(-r, r), as Stan draws them
     init_restarts: int = 4  # random starts optimised to a mode; the best one starts the chains
     init_steps: int = 300  # Adam steps per start (0: the chains start at random points)
@@ -93,7 +94,7 @@ class NutsConfig:
         check_number("init_jitter", self.init_jitter, positive=False)
         if not 0 < self.target_accept < 1:
             raise ConfigError(f"target_accept must be in (0, 1), got {self.target_accept!r}")
-        for name in ("fast", "jit"):
+        for name in ("fast", "jit", "full_mass"):
             check_bool(name, getattr(self, name))
         check_bool("progress", self.progress, optional=True)
 
@@ -268,6 +269,7 @@ def run_chain(
         max_tree_depth=config.max_tree_depth,
         adapt_step_size=True,
         adapt_mass_matrix=True,
+        full_mass=config.full_mass,
     )
     stats = DrawStats()
     mcmc = MCMC(
