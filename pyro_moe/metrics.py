@@ -188,6 +188,33 @@ def importance_log_likelihood(
     return torch.cat(out)
 
 
+def knn_votes(
+    train_codes: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_codes: torch.Tensor,
+    ks: tuple[int, ...],
+    test_batch: int = 500,
+) -> dict[int, torch.Tensor]:
+    """For each k in ``ks``, the majority label among the k training codes nearest (Euclidean)
+    to each test code; a tie goes to the smallest tied label. The neighbours are found once, for
+    the largest k. Returns ``{k: [M] labels}``."""
+    for k in ks:
+        check_int("k", k)
+    if max(ks) > len(train_codes):
+        raise ConfigError(f"k = {max(ks)} neighbours asked for, only {len(train_codes)} codes")
+    train_labels = torch.as_tensor(train_labels, dtype=torch.long)
+    num_labels = int(train_labels.max()) + 1
+    out: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
+    for rows in test_codes.split(test_batch):
+        distances = torch.cdist(rows, train_codes)  # [m, N]
+        nearest = distances.topk(max(ks), largest=False, sorted=True).indices  # [m, k_max]
+        for k in ks:
+            votes = torch.zeros(len(rows), num_labels, dtype=torch.long)
+            votes.scatter_add_(1, train_labels[nearest[:, :k]], torch.ones_like(nearest[:, :k]))
+            out[k].append(votes.argmax(-1))  # the first maximum: the smallest tied label
+    return {k: torch.cat(parts) for k, parts in out.items()}
+
+
 def knn_predict(
     train_codes: torch.Tensor,
     train_labels: torch.Tensor,
@@ -195,20 +222,8 @@ def knn_predict(
     k: int,
     test_batch: int = 500,
 ) -> torch.Tensor:
-    """The majority label among the ``k`` training codes nearest (Euclidean) to each test code;
-    a tie goes to the smallest tied label. Returns ``[M]`` labels."""
-    check_int("k", k)
-    if k > len(train_codes):
-        raise ConfigError(f"k = {k} neighbours asked for, only {len(train_codes)} training codes")
-    train_labels = torch.as_tensor(train_labels, dtype=torch.long)
-    num_labels = int(train_labels.max()) + 1
-    out = []
-    for rows in test_codes.split(test_batch):
-        nearest = torch.cdist(rows, train_codes).topk(k, largest=False).indices  # [m, k]
-        votes = torch.zeros(len(rows), num_labels, dtype=torch.long)
-        votes.scatter_add_(1, train_labels[nearest], torch.ones_like(nearest))
-        out.append(votes.argmax(-1))  # the first maximum: the smallest tied label
-    return torch.cat(out)
+    """The k-nearest-neighbour vote of :func:`knn_votes` for one k: ``[M]`` labels."""
+    return knn_votes(train_codes, train_labels, test_codes, (k,), test_batch)[k]
 
 
 def knn_error(
@@ -221,13 +236,11 @@ def knn_error(
     """Test error (fraction wrong) of the k-nearest-neighbour classifier on latent codes, for
     each k in ``ks`` (Nalisnick, Hertel & Smyth, "Approximate Inference for Deep Latent Gaussian
     Mixtures", 2016, Fig. 3a): fitted on (``train_codes``, ``train_labels``), scored on
-    (``test_codes``, ``test_labels``); see :func:`knn_predict` for the vote."""
+    (``test_codes``, ``test_labels``); see :func:`knn_votes` for the vote."""
     train_codes = torch.as_tensor(train_codes, dtype=torch.float32)
     test_codes = torch.as_tensor(test_codes, dtype=torch.float32)
     truth = torch.as_tensor(test_labels, dtype=torch.long)
     if len(train_codes) != len(train_labels) or len(test_codes) != len(truth):
         raise DataError("codes and labels must have the same number of rows")
-    return {
-        k: (knn_predict(train_codes, train_labels, test_codes, k) != truth).double().mean().item()
-        for k in ks
-    }
+    predictions = knn_votes(train_codes, train_labels, test_codes, tuple(ks))
+    return {k: (predictions[k] != truth).double().mean().item() for k in ks}

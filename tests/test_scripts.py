@@ -18,6 +18,10 @@ BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 
 #: arguments that make each benchmark script finish in seconds
 BENCHMARK_SMOKE_ARGS = {
+    "dlgmm_tables.py": [
+        *("--limit", "120", "--epochs", "1", "--hidden", "8", "--is-samples", "10"),
+        *("--is-sample-batch", "4", "--tsne-points", "40"),
+    ],
     "estimators_binarized_mnist.py": [
         *("--limit", "100", "--epochs", "1", "--estimators", "reinforce"),
         *("--test-samples", "2", "--best", "0"),
@@ -64,6 +68,7 @@ OPTIONAL = {"overhead_storchastic.py": ("storch", "bench")}
 #: environment that gives each notebook a small budget
 NOTEBOOK_SMOKE_ENV = {
     "deep_clustering.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "2"},
+    "dlgmm.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "1"},
     "quickstart.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "3"},
     "gradient_estimators.ipynb": {
         "PYRO_MOE_NOTEBOOK_EPOCHS": "2",
