@@ -51,11 +51,11 @@ from typing import Any
 
 import torch
 
-from pyro_moe.benchmarking import RESULTS, command_line, fixed_budget, markdown_table
+from pyro_moe.benchmarking import RESULTS, command_line, fixed_budget, markdown_table, run_script
 from pyro_moe.checkpoint import atomic_write_json, atomic_write_text
 from pyro_moe.cli import OneLineParser
 from pyro_moe.data import Split, load_dataset
-from pyro_moe.errors import ConfigError, PyroMoeError, TrainingInterrupted
+from pyro_moe.errors import ConfigError, PyroMoeError
 from pyro_moe.estimators.sampled import point_costs, run_traces
 from pyro_moe.estimators.temperature import Temperature
 from pyro_moe.experiment import RunSpec, build, build_estimator, build_model
@@ -149,18 +149,24 @@ def result_path(out: Path, name: str, seed: int) -> Path:
     return out / NAME / f"{name}_seed{seed}.json"
 
 
-def machine_facts() -> dict[str, Any]:
+def machine_facts(device: str = "cpu") -> dict[str, Any]:
+    """CPU count, torch threads, load average and, on CUDA, the GPU's name, measured now."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
+    facts = {
         "cpus": cpus,
         "torch_threads": torch.get_num_threads(),
         "load_average": [round(v, 2) for v in os.getloadavg()],
     }
+    if torch.device(device).type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return facts
 
 
 def test_bounds(model, guide, x: torch.Tensor, samples: int) -> tuple[float, float]:
-    """(-ELBO, -L_S) per image averaged over ``x`` (module docstring), S = ``samples``."""
-    chunk = max(1, 20_000 // samples)  # keeps the decoder's activations near 100 MB
+    """(-ELBO, -L_S) per image averaged over ``x`` (module docstring), S = ``samples``; ``x``
+    on the device of the model's parameters."""
+    rows = 500_000 if x.is_cuda else 20_000  # decoder activations near 100 MB (2.5 GB on a GPU)
+    chunk = max(1, rows // samples)
     elbo = iw = 0.0
     with torch.no_grad():
         for start in range(0, len(x), chunk):
@@ -172,10 +178,22 @@ def test_bounds(model, guide, x: torch.Tensor, samples: int) -> tuple[float, flo
     return -elbo / len(x), -iw / len(x)
 
 
+def gpu_processes(device: torch.device) -> int | None:
+    """How many processes hold a context on the GPU now (they share its time); None where the
+    NVIDIA management library cannot say."""
+    try:
+        listing = torch.cuda.list_gpu_processes(device)
+    except (ImportError, ModuleNotFoundError, RuntimeError):
+        return None
+    return sum(1 for line in listing.splitlines() if line.strip().startswith("process"))
+
+
 def epoch_facts(trainer) -> dict[str, float]:
-    """The 1-minute load average at the end of the epoch, and the estimator's temperature where
-    it has one."""
+    """The 1-minute load average at the end of the epoch, on a GPU the number of processes
+    sharing it, and the estimator's temperature where it has one."""
     facts = {"load": round(os.getloadavg()[0], 2)}
+    if trainer.device.type == "cuda" and (count := gpu_processes(trainer.device)) is not None:
+        facts["gpu_processes"] = count
     temperature = getattr(trainer.estimator, "temperature", None)
     return {**facts, "tau": float(temperature())} if callable(temperature) else facts
 
@@ -196,7 +214,7 @@ def check_run_folder(run: RunFolder, expected: dict[str, Any]) -> bool:
 def train_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Train (or resume) one estimator with one seed, score it, write its result file."""
     torch.set_num_threads(args.threads)
-    start_facts = machine_facts()
+    start_facts = machine_facts(args.device)
     data = load_data(args)
     expected = protocol(args, data)
     options = schedule_options(name, args)
@@ -219,11 +237,13 @@ def train_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         clip_norm=None,
         checkpoint_every=args.checkpoint_every,
         max_nonfinite_skips=args.max_nonfinite_skips,
+        device=args.device,
     )
     info = {"model": "cat-vae", "estimator": name, "seed": seed, "protocol": expected}
     result = fit(model, guide, estimator, data, config, run.path, resume, info, [epoch_facts])
     eval_start = time.perf_counter()
-    neg_elbo, neg_iw = test_bounds(model, guide, data.test.x, args.test_samples)
+    test_x = data.test.x.to(args.device, next(model.parameters()).dtype)
+    neg_elbo, neg_iw = test_bounds(model, guide, test_x, args.test_samples)
     record = {
         "estimator": name,
         "seed": seed,
@@ -240,13 +260,26 @@ def train_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "curve": [
             {
                 k: r[k]
-                for k in ("step", "epoch", "wall_seconds", "valid_loss", "tau", "load")
+                for k in (
+                    "step",
+                    "epoch",
+                    "wall_seconds",
+                    "valid_loss",
+                    "tau",
+                    "load",
+                    "gpu_processes",
+                )
                 if k in r
             }
             for r in result.history
         ],
         "protocol": expected,
-        "machine": {"start": start_facts, "end": machine_facts(), "jobs": args.jobs},
+        "machine": {
+            "start": start_facts,
+            "end": machine_facts(args.device),
+            "jobs": args.jobs,
+            "device": args.device,
+        },
         "versions": versions(),
         "command": command_line(),
     }
@@ -309,6 +342,11 @@ def pending(names: list[str], seeds: list[int], args, expected) -> list[tuple[st
 
 def main(args: argparse.Namespace) -> int:
     check_args(args)
+    if args.collect_cut:
+        for folder in args.collect_cut:
+            collect_cut(Path(folder), Path(args.out))
+        assemble(Path(args.out))
+        return 0
     if args.assemble:
         assemble(Path(args.out))
         return 0
@@ -327,13 +365,127 @@ def main(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+# --- runs cut before the protocol's end --------------------------------------------------------
+def cut_path(out: Path, name: str, seed: int) -> Path:
+    return out / NAME / "cut" / f"{name}_seed{seed}.json"
+
+
+def collect_cut(folder: Path, out: Path) -> None:
+    """Record every unfinished run folder under ``folder`` (``*/config.json`` + ``metrics.csv``
+    of a run this script started) as ``OUT/NAME/cut/ESTIMATOR_seedK.json``: its validation
+    curve so far, the device and the protocol, marked cut. A run with a finished result file is
+    skipped; so is one whose folder holds no epoch yet."""
+    configs = sorted(folder.rglob("config.json"))
+    if not configs:
+        raise ConfigError(f"{folder} holds no run folder (no */config.json)")
+    for config in configs:
+        run = RunFolder(config.parent)
+        stored = run.read_config()
+        spec, curve = stored.spec, run.read_metrics()
+        if "protocol" not in spec or not curve:
+            continue
+        name, seed = spec["estimator"], spec["seed"]
+        if result_path(out, name, seed).is_file():
+            continue
+        if curve[-1]["epoch"] >= spec["protocol"]["epochs"]:
+            print(f"{config.parent}: finished, not cut; rerun the protocol to score it")
+            continue
+        keep = ("step", "epoch", "wall_seconds", "valid_loss", "tau", "load", "gpu_processes")
+        record = {
+            "estimator": name,
+            "seed": seed,
+            "cut": True,
+            "steps": curve[-1]["step"],
+            "epochs_done": curve[-1]["epoch"],
+            "device": stored.train.get("device", "cpu"),
+            "platform": stored_versions(config).get("platform", "unknown"),
+            "curve": [{k: row[k] for k in keep if k in row} for row in curve],
+            "protocol": spec["protocol"],
+            "command": command_line(),
+        }
+        path = cut_path(out, name, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, record)
+
+
+def stored_versions(config: Path) -> dict[str, str]:
+    """The ``versions`` a run folder's config.json recorded (empty if none)."""
+    versions_ = json.loads(config.read_text()).get("versions")
+    return versions_ if isinstance(versions_, dict) else {}
+
+
+def run_device(record: dict[str, Any]) -> str:
+    """A run's device, with the range of processes that shared its GPU and of the 1-minute
+    load average over its epochs."""
+    device = record["device"] if record.get("cut") else record["machine"].get("device", "cpu")
+    shared = [c["gpu_processes"] for c in record["curve"] if "gpu_processes" in c]
+    loads = [c["load"] for c in record["curve"] if "load" in c]
+    if shared:
+        device += f", {min(shared)}..{max(shared)} GPU processes"
+    if loads:
+        device += f", load {min(loads):.1f}..{max(loads):.1f}"
+    return device
+
+
+def valid_at(curve: list[dict[str, Any]], step: int) -> float | None:
+    """The validation -ELBO recorded at exactly ``step`` (None if the curve has no such row)."""
+    return next((c["valid_loss"] for c in curve if c["step"] == step), None)
+
+
+def equal_steps_rows(records: list[dict[str, Any]], cut: list[dict[str, Any]]) -> tuple:
+    """Every run, finished or cut, at the largest step all of them reached: the validation
+    -ELBO there (the comparison at equal steps), and where each cut run stopped."""
+    runs = records + cut
+    common = min(r["curve"][-1]["step"] for r in runs)
+    rows = []
+    for r in runs:
+        last = r["curve"][-1]
+        rows.append(
+            {
+                "estimator": r["estimator"],
+                "seed": r["seed"],
+                "run": "cut" if r.get("cut") else "finished",
+                "device": run_device(r),
+                f"valid -ELBO at step {common}": f"{valid_at(r['curve'], common):.2f}",
+                "last epoch": last["epoch"],
+                "valid -ELBO at last epoch": f"{last['valid_loss']:.2f}",
+                "wall s at last epoch": round(last["wall_seconds"]),
+            }
+        )
+    return common, sorted(rows, key=lambda row: float(row[f"valid -ELBO at step {common}"]))
+
+
+def cut_section(records: list[dict[str, Any]], cut: list[dict[str, Any]]) -> str:
+    if not cut:
+        return ""
+    common, rows = equal_steps_rows(records, cut)
+    epochs = cut[0]["protocol"]["epochs"]
+    platforms = "; ".join(sorted({f"{r['device']} on {r['platform']}" for r in cut}))
+    return (
+        f"\n\n## Runs cut before the protocol's {epochs} epochs\n\n"
+        f"{len(cut)} run(s) stopped before the end (their files are in {NAME}/cut/; they have no "
+        "test bounds). Every run, finished or cut, at the largest step all reached: the "
+        f"validation -ELBO ({cut[0]['protocol']['valid_samples']}-sample Monte Carlo ELBO on the "
+        f"validation rows) at step {common}, lower is better. Cut runs ran on: {platforms}; "
+        "the load and GPU-sharing of every epoch are in their files.\n\n"
+        + markdown_table(rows, list(rows[0]))
+    )
+
+
 # --- the table, from the result files alone -------------------------------------------------
-def read_result(path: Path) -> dict[str, Any]:
+RESULT_KEYS = frozenset({"estimator", "seed", "test_neg_elbo", "protocol", "curve"})
+CUT_KEYS = frozenset({"estimator", "seed", "cut", "device", "platform", "protocol", "curve"})
+
+
+def read_result(path: Path, keys: frozenset = RESULT_KEYS) -> dict[str, Any]:
+    """A result file (or, with ``CUT_KEYS``, a cut run's file), checked for its fields."""
     try:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path} is not a readable result file: {e}") from None
-    missing = {"estimator", "seed", "test_neg_elbo", "protocol", "curve"} - set(record)
+    if not isinstance(record, dict):
+        raise ConfigError(f"{path} is not a result file (not a JSON object)")
+    missing = keys - set(record)
     if missing:
         raise ConfigError(f"{path} is not a result file (no {', '.join(sorted(missing))})")
     return record
@@ -365,8 +517,17 @@ def table_row(records: list[dict[str, Any]]) -> dict[str, Any]:
         + ("" if all("load" in c for r in records for c in r["curve"]) else " (start/end only)"),
         "threads x jobs": f"{first['machine']['start']['torch_threads']} x "
         f"{first['machine']['jobs']}",
+        "device": device_column(records),
         "mean": statistics.mean(r["test_neg_elbo"] for r in records),
     }
+
+
+def device_column(records: list[dict[str, Any]]) -> str:
+    """CPU, or the GPU's name with the range of processes that shared it during training."""
+    gpus = sorted({r["machine"]["start"].get("gpu", "CPU") for r in records})
+    shared = [c["gpu_processes"] for r in records for c in r["curve"] if "gpu_processes" in c]
+    share = f" ({min(shared)}..{max(shared)} processes)" if shared else ""
+    return "/".join(gpus) + share
 
 
 def describe(records: list[dict[str, Any]]) -> str:
@@ -388,7 +549,9 @@ def describe(records: list[dict[str, Any]]) -> str:
         f"Machine facts as measured by each run: {'/'.join(map(str, cpus))} CPU(s); the load "
         "column is the range of the 1-minute load average measured at the start, after every "
         "epoch (where recorded) and at the end of the estimators' runs. "
-        "Wall times are comparable only between rows whose load stayed below the CPU count.\n\n"
+        "Wall times are comparable only between rows of the same device whose load stayed below "
+        "the CPU count; on a GPU, only between rows that shared it with as many processes (the "
+        "device column: a GPU runs one process's kernels at a time).\n\n"
         + ("Result files from more than one protocol are mixed in this table.\n\n" if mixed else "")
     )
 
@@ -397,6 +560,7 @@ def assemble(out: Path) -> None:
     """Write ``OUT/NAME.md``, ``.json`` and ``.png`` from the result files in ``OUT/NAME/``."""
     files = sorted((out / NAME).glob("*_seed*.json"))
     records = [read_result(f) for f in files]
+    cut = [read_result(f, CUT_KEYS) for f in sorted((out / NAME / "cut").glob("*_seed*.json"))]
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in sorted(records, key=lambda r: r["seed"]):
         groups.setdefault(r["estimator"], []).append(r)
@@ -410,6 +574,8 @@ def assemble(out: Path) -> None:
         + f"\n\n![test -ELBO against wall-clock seconds]({NAME}.png)\n\n"
         + "Published (Jang et al. 2017, Table 1, -ELBO):\n\n"
         + published
+        + cut_section(records, cut)
+        + (f"\n\n![validation -ELBO against steps, every run]({NAME}_steps.png)\n" if cut else "")
     )
     command = command_line()
     atomic_write_text(
@@ -419,6 +585,8 @@ def assemble(out: Path) -> None:
     summary = {"rows": rows, "published": PUBLISHED, "files": [f.name for f in files]}
     atomic_write_json(out / f"{NAME}.json", {"command": command, "results": summary})
     plot_curves(groups, out / f"{NAME}.png")
+    if cut:
+        plot_steps(records, cut, out / f"{NAME}_steps.png")
 
 
 def plot_curves(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -451,6 +619,35 @@ def plot_curves(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
     ax.set_title("lines: validation; dots: test; dotted: published (Jang et al.)", fontsize=9)
     if groups:
         ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_steps(records: list[dict[str, Any]], cut: list[dict[str, Any]], path: Path) -> None:
+    """Validation -ELBO against optimisation steps for every run, finished (solid) and cut
+    (dashed): the comparison at equal steps that runs on different machines allow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    names = sorted({r["estimator"] for r in records + cut})
+    for r in sorted(records + cut, key=lambda r: (r["estimator"], r["seed"])):
+        i = names.index(r["estimator"])
+        steps, losses = zip(*[(c["step"], c["valid_loss"]) for c in r["curve"]], strict=True)
+        style = dict(color=f"C{i % 10}", lw=1, ls="--" if r.get("cut") else "-")
+        if i >= 10:
+            style["marker"], style["ms"], style["markevery"] = ".", 3, 5
+        ax.plot(steps, losses, label=f"{r['estimator']} s{r['seed']}", **style)
+    ax.set_xlabel("optimisation steps (batch 100)")
+    ax.set_ylabel("validation -ELBO per image (nats)")
+    ax.set_ylim(top=min(180.0, ax.get_ylim()[1]))
+    ax.set_title("solid: finished runs; dashed: runs cut before the protocol's end", fontsize=9)
+    ax.legend(fontsize=6, ncol=3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -511,20 +708,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--more-seeds", type=parse_seeds, default=[1, 2])
     p.add_argument("--jobs", type=int, default=1, help="processes, at most one per core")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (every job on that device)")
     p.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints")
     p.add_argument("--max-nonfinite-skips", type=int, default=10)
     p.add_argument("--runs", help="run folders (default: runs/NAME, or OUT/runs with --out)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--assemble", action="store_true", help="only build the table from results")
+    p.add_argument(
+        "--collect-cut",
+        nargs="+",
+        metavar="FOLDER",
+        help="record the unfinished run folders under FOLDER as cut runs, then assemble",
+    )
     return p
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(parser().parse_args()))
-    except PyroMoeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingInterrupted as e:  # the run folder's checkpoint resumes it
-        print(f"interrupted: {e}; run the same command again to resume", file=sys.stderr)
-        sys.exit(e.exit_code)
+    run_script(lambda: main(parser().parse_args()))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
@@ -37,9 +36,9 @@ import torch
 from torch import nn
 from torch.distributions import OneHotCategorical, kl_divergence
 
-from pyro_moe.benchmarking import markdown_table, write_results
+from pyro_moe.benchmarking import markdown_table, run_script, write_results
 from pyro_moe.cli import OneLineParser
-from pyro_moe.errors import ConfigError, PyroMoeError
+from pyro_moe.errors import ConfigError
 from pyro_moe.experiment import build_estimator
 from pyro_moe.nn import mlp
 from pyro_moe.registry import ESTIMATORS, GUIDES, MODELS
@@ -242,8 +241,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(parser().parse_args()))
-    except PyroMoeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script(lambda: main(parser().parse_args()))

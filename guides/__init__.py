@@ -4,6 +4,7 @@ from pyro_moe.guides import (  # noqa: F401  (register them)
     bayes_moe,
     cat_vae,
     deep_clustering,
+    dlgmm,
     moe,
     vae_moe,
 )

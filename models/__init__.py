@@ -3,8 +3,10 @@
 from pyro_moe.models import (  # noqa: F401  (register the models)
     bayes_moe,
     cat_vae,
+    dlgmm,
     dmvae,
     gmm,
+    mixture_of_vaes,
     moe,
     vade,
     vae,

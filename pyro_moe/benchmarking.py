@@ -14,7 +14,7 @@ import os
 import platform
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,15 @@ from pyro_moe.checkpoint import atomic_write_json, atomic_write_text
 from pyro_moe.runs import versions
 from pyro_moe.tables import markdown_table
 
-__all__ = ["RESULTS", "command_line", "fixed_budget", "machine", "markdown_table", "write_results"]
+__all__ = [
+    "RESULTS",
+    "command_line",
+    "fixed_budget",
+    "machine",
+    "markdown_table",
+    "run_script",
+    "write_results",
+]
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
@@ -134,3 +142,24 @@ def live_tensors() -> int:
     with warnings.catch_warnings():  # isinstance touches deprecated torch module attributes
         warnings.simplefilter("ignore")
         return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+def run_script(main: Callable[[], int | None]) -> None:
+    """Run a benchmark's ``main`` as a command: exit with its status; bad input (a
+    :class:`~pyro_moe.errors.PyroMoeError`) is one ``error:`` line and status 2; a training run
+    stopped by a signal says how to resume and exits with its status (128 + signal)."""
+    from pyro_moe.cli import one_line
+    from pyro_moe.errors import PyroMoeError, TrainingInterrupted
+
+    try:
+        status = main()
+    except TrainingInterrupted as e:  # the run folder's checkpoint resumes it
+        print(
+            f"interrupted: {one_line(str(e))}; run the same command again to resume",
+            file=sys.stderr,
+        )
+        sys.exit(e.exit_code)
+    except PyroMoeError as e:
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(status or 0)

@@ -67,6 +67,19 @@ def _fits_support(values: torch.Tensor, c: torch.Tensor, axis: int) -> bool:
     return c.shape[0] == values.shape[axis] and c.dim() - 1 >= axis and c.numel() == c.shape[0]
 
 
+def _drawn(values: torch.Tensor, c: torch.Tensor, axis: int) -> torch.Tensor:
+    """``values[..., c, ...]`` when c's shape is ``extra + batch_shape``: the P = prod(extra)
+    draws per batch element are gathered along the component axis itself, so ``values`` is
+    never expanded (its gradient is a scatter into its own size, not into P copies)."""
+    extra, event_shape = c.shape[: c.dim() - axis], values.shape[axis + 1 :]
+    index = c.reshape((-1,) + values.shape[:axis]).movedim(0, -1)  # batch + [P]
+    index = index.reshape(index.shape + (1,) * len(event_shape)).expand(
+        index.shape + event_shape
+    )  # batch + [P] + event
+    picked = values.gather(axis, index)  # batch + [P] + event
+    return picked.movedim(axis, 0).reshape(extra + values.shape[:axis] + event_shape)
+
+
 def _moved(values: torch.Tensor, c: torch.Tensor, axis: int) -> torch.Tensor:
     """``values[..., k, ...]`` for every k, with k moved to c's (leftmost) dim."""
     shape = (c.shape[0],) + (1,) * (c.dim() - 1 - axis) + values.shape[:axis]
@@ -78,11 +91,17 @@ def _weighted(values: torch.Tensor, w: torch.Tensor, event_dim: int, k: int) -> 
         raise ValueError(
             f"select: one-hot gate has {w.shape[-1]} components in its last dim, values have {k}"
         )
+    if event_dim and values.dim() == event_dim + 1:  # a table [K, *event]: one matrix product
+        event_shape = values.shape[1:]
+        out = torch.matmul(w, values.reshape(k, -1))  # c_batch + [prod(event)]
+        return out.reshape(w.shape[:-1] + event_shape)
     w = w.reshape(w.shape + (1,) * event_dim)  # c_batch + [K] + [1]*event_dim
     return (w * values).sum(dim=-1 - event_dim)
 
 
 def _indexed(values: torch.Tensor, c: torch.Tensor, event_dim: int, axis: int) -> torch.Tensor:
+    if c.shape[c.dim() - axis :] == values.shape[:axis]:  # extra dims only on c's left
+        return _drawn(values, c, axis)
     batch_shape = torch.broadcast_shapes(c.shape, values.shape[:axis])
     event_shape = values.shape[axis + 1 :]
     index = c.expand(batch_shape).reshape(batch_shape + (1,) + (1,) * event_dim)

@@ -1,7 +1,9 @@
 """Small network pieces shared by models and guides.
 
 ``BatchedLinear`` / ``BatchedMLP`` hold K independent networks in one set of tensors, so all experts
-run in one ``einsum``: ``[N, D] -> [N, K, out]``.
+run in one ``einsum``: ``[N, D] -> [N, K, out]`` (a shared input) or
+``[..., K, D] -> [..., K, out]`` (an input per expert); ``selected(x, e)`` runs network ``e`` on
+each row of ``x``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,17 @@ from torch import nn
 
 from pyro_moe.errors import ConfigError
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.Softplus}
+ACTIVATIONS = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "softplus": nn.Softplus,
+    "sigmoid": nn.Sigmoid,
+}
 
 
 def activation(name: str) -> nn.Module:
-    """The activation module called ``name`` (tanh, relu, elu, softplus)."""
+    """The activation module called ``name`` (tanh, relu, elu, softplus, sigmoid)."""
     if name not in ACTIVATIONS:
         raise ConfigError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
@@ -35,7 +43,7 @@ def mlp(sizes: Sequence[int], act: str = "tanh") -> nn.Sequential:
 
 
 class BatchedLinear(nn.Module):
-    """K affine maps: ``y[n, k] = x[n] @ W[k] + b[k]`` (or ``x[n, k] @ W[k] + b[k]``)."""
+    """K affine maps: ``y[n, k] = x[n] @ W[k] + b[k]`` (or ``x[..., k] @ W[k] + b[k]``)."""
 
     def __init__(self, in_features: int, out_features: int, num_components: int) -> None:
         super().__init__()
@@ -48,11 +56,33 @@ class BatchedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:  # [N, D] shared input
             return torch.einsum("nd,kdo->nko", x, self.weight) + self.bias
-        return torch.einsum("nkd,kdo->nko", x, self.weight) + self.bias  # [N, K, D] per expert
+        return torch.einsum("...kd,kdo->...ko", x, self.weight) + self.bias  # [..., K, D]
+
+    def selected(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """``y[...] = x[...] @ W[e[...]] + b[e[...]]``: map ``e`` on each row; ``x`` is
+        ``[..., D]`` and the integer ``e`` broadcasts against ``x.shape[:-1]``.
+
+        The dims where ``e`` has size 1 (e.g. the data plate of an enumerated ``[K, 1]``) are
+        gathered into the rows of one matrix product per entry of ``e``, so the weights are
+        read ``e.numel()`` times and never copied per row."""
+        shape = torch.broadcast_shapes(x.shape[:-1], e.shape)
+        e = e.reshape((1,) * (len(shape) - e.dim()) + e.shape)
+        rows = [i for i in range(len(shape)) if e.shape[i] == 1 and shape[i] != 1]
+        own = [i for i in range(len(shape)) if i not in rows]
+        order = own + rows
+        x = x.expand(shape + x.shape[-1:]).permute(*order, len(shape))
+        own_shape = [shape[i] for i in own]
+        x = x.reshape(*own_shape, -1, x.shape[-1])  # [own..., M, D]
+        index = e.permute(*order).reshape(own_shape)  # [own...]
+        out = x @ self.weight[index] + self.bias[index].unsqueeze(-2)  # [own..., M, out]
+        out = out.reshape(*own_shape, *[shape[i] for i in rows], out.shape[-1])
+        inverse = [order.index(i) for i in range(len(shape))]
+        return out.permute(*inverse, len(shape))
 
 
 class BatchedMLP(nn.Module):
-    """K independent MLPs with the same layer sizes: ``[N, D] -> [N, K, out]``."""
+    """K independent MLPs with the same layer sizes: ``[N, D] -> [N, K, out]``, or
+    ``[..., K, D] -> [..., K, out]`` with an input per network."""
 
     def __init__(self, sizes: Sequence[int], num_components: int, act: str = "tanh") -> None:
         super().__init__()
@@ -65,6 +95,16 @@ class BatchedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
             x = layer(x)
+            if i < len(self.layers) - 1:
+                x = self.act(x)
+        return x
+
+    def selected(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """Network ``e`` applied to ``x``: ``[..., D] -> [..., out]`` (see
+        :meth:`BatchedLinear.selected`); the same values as ``forward`` then picking ``e``, at
+        1/K of the work when ``e`` has few entries (an enumerated support)."""
+        for i, layer in enumerate(self.layers):
+            x = layer.selected(x, e)
             if i < len(self.layers) - 1:
                 x = self.act(x)
         return x

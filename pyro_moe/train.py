@@ -327,7 +327,7 @@ class Trainer:
         rng = torch.get_rng_state()  # to re-trace a failing step with the same samples
         try:
             loss = self.estimator.loss(self.model.model, self.guide, x, y, num_data=n) / n
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:
             if not is_invalid_parameter_error(e):
                 raise
             return self._nonfinite("a distribution got NaN/inf parameters", x, y, rng)

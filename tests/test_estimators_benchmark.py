@@ -85,3 +85,30 @@ def test_every_tempered_estimator_is_annealed():
     assert {"gumbel", "st-gumbel", "gumbel-rao", "concrete"} <= set(annealed)
     assert "reinforce" not in annealed and "rloo" not in annealed
     assert script.schedule_options("reinmax", args) == {"temperature": 1.0}
+
+
+def test_cut_runs_are_recorded_and_compared_at_equal_steps(tmp_path):
+    """A run stopped before the protocol's end becomes a cut-run file (curve, device, no test
+    bounds), and the table compares every run at the largest step all of them reached."""
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    tiny = [*TINY[:-4], "--estimators", "reinforce,st-gumbel", "--best", "0", "--epochs", "2"]
+    first = run(*tiny, "--out", str(out), "--runs", str(runs))
+    assert first.returncode == 0, first.stderr[-3000:]
+    # make the reinforce run look cut after its first epoch (as a killed run leaves it)
+    (out / NAME / "reinforce_seed0.json").unlink()
+    metrics = runs / "reinforce_seed0" / "metrics.csv"
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:2]))
+    collected = run("--collect-cut", str(runs), "--out", str(out))
+    assert collected.returncode == 0, collected.stderr[-3000:]
+    cut = json.loads((out / NAME / "cut" / "reinforce_seed0.json").read_text())
+    assert cut["cut"] and cut["steps"] == 2 and cut["epochs_done"] == 1
+    assert cut["device"] == "cpu" and cut["protocol"]["epochs"] == 2
+    assert not (out / NAME / "cut" / "st-gumbel_seed0.json").exists()  # it has its result
+    table = (out / f"{NAME}.md").read_text()
+    finished = json.loads((out / NAME / "st-gumbel_seed0.json").read_text())
+    at_two = next(c["valid_loss"] for c in finished["curve"] if c["step"] == 2)
+    assert "valid -ELBO at step 2 " in table
+    assert "| st-gumbel | 0 | finished | cpu" in table and f"{at_two:.2f}" in table
+    assert (out / f"{NAME}_steps.png").stat().st_size > 0
+    missing = run("--collect-cut", str(tmp_path / "nothing"), "--out", str(out))
+    assert missing.returncode == 2 and "no run folder" in missing.stderr

@@ -18,6 +18,10 @@ BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 
 #: arguments that make each benchmark script finish in seconds
 BENCHMARK_SMOKE_ARGS = {
+    "dlgmm_tables.py": [
+        *("--limit", "120", "--epochs", "1", "--hidden", "8", "--is-samples", "10"),
+        *("--is-sample-batch", "4", "--tsne-points", "40"),
+    ],
     "estimators_binarized_mnist.py": [
         *("--limit", "100", "--epochs", "1", "--estimators", "reinforce"),
         *("--test-samples", "2", "--best", "0"),
@@ -53,8 +57,14 @@ BENCHMARK_SMOKE_ARGS = {
         *("--cat-steps", "1", "--cat-batch", "4"),
     ],
     "mnist_experts.py": ["--limit", "200", "--epochs", "1"],
+    "mixture_of_vaes.py": [
+        *("--data", "digits", "--train-limit", "200", "--valid-limit", "50"),
+        *("--test-limit", "100", "--epochs", "1", "--hidden", "8"),
+        *("--methods", "post-loss,rloo,hierarchical"),
+    ],
     "table1_dvmoe.py": [
-        *("--epochs", "1", "--seeds", "1", "--n", "100", "--batch-size", "20", "--dims", "2"),
+        *("--epochs", "1", "--seeds", "3", "--n", "100", "--batch-size", "20", "--dims", "2"),
+        *("--valid-seeds", "7", "--lrs", "0.01", "--widths", "8", "--search-x-weights", "0.3"),
     ],
 }
 #: scripts that need an optional extra: (module, extra); without it they must say so and exit 2
@@ -62,12 +72,14 @@ OPTIONAL = {"overhead_storchastic.py": ("storch", "bench")}
 #: environment that gives each notebook a small budget
 NOTEBOOK_SMOKE_ENV = {
     "deep_clustering.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "2"},
+    "dlgmm.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "1"},
     "quickstart.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "3"},
     "gradient_estimators.ipynb": {
         "PYRO_MOE_NOTEBOOK_EPOCHS": "2",
         "PYRO_MOE_NOTEBOOK_ESTIMATES": "16",
     },
     "dvmoe.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "1"},
+    "mixture_of_vaes.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "1"},
 }
 
 

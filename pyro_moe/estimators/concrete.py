@@ -40,7 +40,7 @@ class Concrete(RelaxedEstimator):
     bias = "relaxed ELBO (Concrete densities); the gate-parameter bias does not depend on tau"
 
     def guide_site(self, logits: torch.Tensor, state: dict) -> dist.TorchDistribution:
-        return RelaxedGate(logits, self.temperature(), "soft", density=True)
+        return RelaxedGate(logits, self.temperature(), "soft", density=True, normalized=True)
 
     def model_site(self, logits: torch.Tensor, state: dict) -> dist.TorchDistribution:
-        return RelaxedGate(logits, self.temperature(), "soft", density=True)
+        return RelaxedGate(logits, self.temperature(), "soft", density=True, normalized=True)

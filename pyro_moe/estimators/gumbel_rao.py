@@ -41,4 +41,6 @@ class GumbelRao(RelaxedEstimator):
 
     def guide_site(self, logits: torch.Tensor, state: dict) -> dist.TorchDistribution:
         state["posterior_logits"] = logits
-        return RelaxedGate(logits, self.temperature(), "rao", False, self.num_samples)
+        return RelaxedGate(
+            logits, self.temperature(), "rao", False, self.num_samples, normalized=True
+        )

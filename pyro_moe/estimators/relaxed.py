@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from pyro import distributions as dist
 from pyro.poutine.messenger import Messenger
-from torch.distributions import constraints
+from torch.distributions import Categorical, constraints
 
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.sampled import CLUSTER, Costs, SampledEstimator
@@ -48,7 +48,7 @@ from pyro_moe.validation import check_int
 MODES = ("soft", "hard", "rao")
 
 
-def normalized(logits: torch.Tensor) -> torch.Tensor:
+def log_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """log softmax(logits) as logits - logsumexp(logits): keeps the input's memory layout (the
     noise drawn with ``rand_like`` follows it) and is cheaper than ``log_softmax`` on the
     transposed views the guides produce."""
@@ -96,7 +96,8 @@ def conditional_gumbels(logits: torch.Tensor, index: torch.Tensor, m: int) -> to
 class RelaxedGate(dist.TorchDistribution):
     """Relaxed one-hot w with its log-space sample attached; ``log_prob`` is the ExpConcrete
     density of that log-space sample (``density=False``: zero, for the guide side of the
-    analytic-KL estimators)."""
+    analytic-KL estimators). ``normalized=True``: ``logits`` are already log-probabilities
+    (a ``Categorical``'s ``.logits``), not normalised again."""
 
     arg_constraints: dict[str, Any] = {}
     support = constraints.simplex
@@ -109,8 +110,9 @@ class RelaxedGate(dist.TorchDistribution):
         mode: str = "soft",
         density: bool = True,
         num_samples: int = 1,
+        normalized: bool = False,
     ) -> None:
-        self.logits = normalized(logits)
+        self.logits = logits if normalized else log_probabilities(logits)
         self.temperature, self.form, self.density, self.num_samples = (
             temperature,
             mode,
@@ -164,11 +166,17 @@ class CategoricalKL(dist.TorchDistribution):
     support = constraints.simplex
     has_rsample = True
 
-    def __init__(self, prior_logits: torch.Tensor, posterior_logits: torch.Tensor) -> None:
-        # normalized once and kept unexpanded: the KL is computed on the broadcast of the two,
-        # then expanded to the batch shape (log_softmax of expanded copies cost more than the KL)
-        self.prior_logits = normalized(prior_logits)
-        self.posterior_logits = normalized(posterior_logits)
+    def __init__(
+        self, prior_logits: torch.Tensor, posterior_logits: torch.Tensor, normalized: bool = False
+    ) -> None:
+        # normalized once (``normalized=True``: both are log-probabilities already) and kept
+        # unexpanded: the KL is computed on the broadcast of the two, then expanded to the batch
+        # shape (log_softmax of expanded copies cost more than the KL)
+        if not normalized:
+            prior_logits, posterior_logits = map(
+                log_probabilities, (prior_logits, posterior_logits)
+            )
+        self.prior_logits, self.posterior_logits = prior_logits, posterior_logits
         shape = torch.broadcast_shapes(prior_logits.shape, posterior_logits.shape)
         super().__init__(shape[:-1], shape[-1:], validate_args=False)
 
@@ -219,12 +227,14 @@ class GumbelArgmax(dist.TorchDistribution):
 
 
 def categorical_logits(fn: Any, name: str = CLUSTER) -> torch.Tensor:
+    """The site's log-probabilities log q(c = k): a ``Categorical``'s ``.logits`` (normalised
+    when it was built), or any other distribution's ``.logits`` normalised here."""
     logits = getattr(fn, "logits", None)
     if logits is None:
         raise ConfigError(
             f"the `{name}` site must be a Categorical(logits=...); got {type(fn).__name__}"
         )
-    return logits
+    return logits if isinstance(fn, Categorical) else log_probabilities(logits)
 
 
 class RelaxCluster(Messenger):
@@ -288,10 +298,10 @@ class RelaxedEstimator(TemperedEstimator):
 
     def guide_site(self, logits: torch.Tensor, state: dict) -> dist.TorchDistribution:
         state["posterior_logits"] = logits
-        return RelaxedGate(logits, self.temperature(), self.mode, density=False)
+        return RelaxedGate(logits, self.temperature(), self.mode, density=False, normalized=True)
 
     def model_site(self, logits: torch.Tensor, state: dict) -> dist.TorchDistribution:
-        return CategoricalKL(logits, state["posterior_logits"])
+        return CategoricalKL(logits, state["posterior_logits"], normalized=True)
 
     def handler(self):
         state: dict = {}

@@ -21,24 +21,30 @@ gradients of :meth:`loss`), not through ``estimate_losses``.
 
 An optional Pyro handler (:meth:`SampledEstimator.handler`) is applied to both the guide and the
 model; the relaxed estimators use it to turn the ``cluster`` site into a relaxed one-hot vector.
+
+Pyro's validation (``pyro.enable_validation``: distribution arguments, supports, plate shapes)
+checks the first call of an estimator for a (model, guide) pair; the later calls for the same pair
+run without it (:meth:`SampledEstimator.validation`), as its checks cost a reduction per tensor
+per site on every step. What they would catch later, a parameter gone NaN or inf, shows up in the
+loss or the gradient, which the trainer checks on every step (:mod:`pyro_moe.nonfinite`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import pyro
 import torch
-from pyro import poutine
+from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
 
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.base import Estimator, value_with_gradient_of
+from pyro_moe.estimators.traces import ESTIMATES, PARTICLES, program_key, run_traces
 
-ESTIMATES = "estimates_vectorized"
-PARTICLES = "num_particles_vectorized"
 DATA = "data"
 CLUSTER = "cluster"
 
@@ -52,33 +58,6 @@ class Costs:
     scale: float  # the data plate's scale num_data / batch size
     guide_trace: Any
     model_trace: Any
-
-
-def _in_plates(fn, num_estimates: int, num_particles: int, nesting: int):
-    def wrapped(*args, **kwargs):
-        with (
-            pyro.plate(ESTIMATES, num_estimates, dim=-(nesting + 2)),
-            pyro.plate(PARTICLES, num_particles, dim=-(nesting + 1)),
-        ):
-            return fn(*args, **kwargs)
-
-    return wrapped
-
-
-def run_traces(
-    model, guide, args, kwargs, num_estimates: int, num_particles: int, nesting: int, handler=None
-):
-    """Trace the guide, then the model replaying it, inside the estimates/particles plates."""
-    if handler is not None:  # (model handler, guide handler)
-        model, guide = handler[0](model), handler[1](guide)
-    guide_trace = poutine.trace(_in_plates(guide, num_estimates, num_particles, nesting)).get_trace(
-        *args, **kwargs
-    )
-    replayed = poutine.replay(
-        _in_plates(model, num_estimates, num_particles, nesting), trace=guide_trace
-    )
-    model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
-    return model_trace, guide_trace
 
 
 def in_plate(site: dict, plate: str = DATA) -> bool:
@@ -186,6 +165,7 @@ class SampledEstimator(Estimator):
 
     def __init__(self, *, num_particles: int = 1, max_plate_nesting: int = 1) -> None:
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+        self.validated: set[tuple[int, ...]] = set()  # programs whose first call validated
         if num_particles < self.min_particles:
             raise ConfigError(
                 f"estimator {self.name!r} needs num_particles >= {self.min_particles}, "
@@ -197,6 +177,14 @@ class SampledEstimator(Estimator):
         them as they are); built afresh for every run, so they may share per-run state."""
         return None
 
+    def validation(self, model, guide) -> AbstractContextManager:
+        """Pyro's validation as set on the first call for ``(model, guide)``; off on the later
+        ones (see the module docstring)."""
+        key = program_key(model, guide)
+        if key in self.validated:
+            return pyro.validation_enabled(False)
+        return _first_call(self.validated, key) if is_validation_enabled() else nullcontext()
+
     def costs(self, model, guide, num_estimates: int, *args: Any, **kwargs: Any) -> Costs:
         model_trace, guide_trace = run_traces(
             model,
@@ -207,6 +195,7 @@ class SampledEstimator(Estimator):
             self.num_particles,
             self.max_plate_nesting,
             self.handler(),
+            unit_plates=False,
         )
         return point_costs(
             model_trace,
@@ -226,12 +215,19 @@ class SampledEstimator(Estimator):
         self, model, guide, num_estimates: int, *args: Any, **kwargs: Any
     ) -> torch.Tensor:
         """``[E]`` independent losses (``-value`` carrying the surrogate's gradient)."""
-        costs = self.costs(model, guide, num_estimates, *args, **kwargs)
+        with self.validation(model, guide):
+            costs = self.costs(model, guide, num_estimates, *args, **kwargs)
         value, surrogate = self.objective(costs, *args)
         return value_with_gradient_of(-value, -surrogate)
 
     def loss(self, model, guide, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.estimate_losses(model, guide, 1, *args, **kwargs)[0]
+
+
+@contextmanager
+def _first_call(validated: set, key: tuple[int, ...]) -> Iterator[None]:
+    yield  # an exception leaves ``key`` out: the next call validates again
+    validated.add(key)
 
 
 def score_surrogate(
