@@ -89,7 +89,7 @@ from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.base import Estimator
 from pyro_moe.gate import select
 from pyro_moe.nn import BatchedMLP, mlp
-from pyro_moe.registry import GUIDES, MODELS
+from pyro_moe.registry import ESTIMATORS, GUIDES, MODELS
 from pyro_moe.validation import check_int, check_number
 
 #: the encoders' variance floor of the post (var = 1e-5 + exp(.))
@@ -371,8 +371,6 @@ class PostLoss(Estimator):
 def exact_elbo(model: MixtureOfVAEs, guide: PyroGuide, x: torch.Tensor, chunk: int = 2000) -> float:
     """The ELBO per row of ``x``, summed over the experts exactly (``enum``, one z per expert),
     without the balancing factor (a property of a batch, not of the data)."""
-    from pyro_moe.registry import ESTIMATORS
-
     enum, balance = ESTIMATORS["enum"](max_plate_nesting=model.max_plate_nesting), model.balance
     model.balance = 0.0
     try:

@@ -6,6 +6,10 @@
 * :func:`mse` of a predictive mean, :func:`accuracy` of predicted class probabilities.
 * clustering: :func:`clustering_accuracy` (Hungarian best map), :func:`nmi`, :func:`ari`, and
   :func:`inference_seconds_per_10k` for the cost of computing q(c|x).
+* :func:`importance_log_likelihood`: the importance-sampled log p(x) of a latent-variable model,
+  samples drawn in chunks so that thousands per row fit in memory.
+* :func:`knn_error`: the error of a k-nearest-neighbour vote on latent codes (fitted on training
+  codes, scored on test codes).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pyro.infer import config_enumerate
 from pyro.poutine.subsample_messenger import _Subsample
 
 from pyro_moe.errors import ConfigError, DataError
+from pyro_moe.validation import check_int
 
 
 def enumerated_log_likelihood(
@@ -148,3 +153,94 @@ def split_metrics(model: Any, split: Any) -> dict[str, float]:
     if clusters is not None:
         result.update(clustering_scores(split.labels, clusters))
     return result
+
+
+def importance_log_likelihood(
+    log_weights: Callable[[torch.Tensor, int], torch.Tensor],
+    x: torch.Tensor,
+    num_samples: int = 5000,
+    sample_batch: int = 500,
+    row_batch: int = 100,
+) -> torch.Tensor:
+    """Importance-sampled log p(x_n) of every row, ``[N]`` (Burda, Grosse & Salakhutdinov,
+    "Importance Weighted Autoencoders", ICLR 2016, eq. 8; Rezende et al. 2014, appendix E)::
+
+        log p(x_n) ~= logsumexp_{s=1..S} log w_s - log S,   w_s = p(x_n, z_s) / r(z_s | x_n),
+        z_s ~ r(z | x_n)
+
+    ``log_weights(rows, s)`` returns ``[s, len(rows)]`` log-weights of fresh draws. The S =
+    ``num_samples`` draws are taken ``sample_batch`` at a time for ``row_batch`` rows at a time
+    and combined with a running ``logsumexp``, so memory grows with ``sample_batch * row_batch``,
+    not with S. The estimate is consistent as S grows and, by Jensen's inequality, lies below
+    log p(x_n) in expectation.
+    """
+    num_samples = check_int("num_samples", num_samples)
+    sample_batch = check_int("sample_batch", sample_batch)
+    row_batch = check_int("row_batch", row_batch)
+    out = []
+    with torch.no_grad():
+        for rows in x.split(row_batch):
+            total = torch.full((len(rows),), -math.inf, dtype=rows.dtype, device=rows.device)
+            for start in range(0, num_samples, sample_batch):
+                part = log_weights(rows, min(sample_batch, num_samples - start))  # [s, n]
+                total = torch.logaddexp(total, part.logsumexp(0))
+            out.append(total - math.log(num_samples))
+    return torch.cat(out)
+
+
+def knn_votes(
+    train_codes: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_codes: torch.Tensor,
+    ks: tuple[int, ...],
+    test_batch: int = 500,
+) -> dict[int, torch.Tensor]:
+    """For each k in ``ks``, the majority label among the k training codes nearest (Euclidean)
+    to each test code; a tie goes to the smallest tied label. The neighbours are found once, for
+    the largest k. Returns ``{k: [M] labels}``."""
+    for k in ks:
+        check_int("k", k)
+    if max(ks) > len(train_codes):
+        raise ConfigError(f"k = {max(ks)} neighbours asked for, only {len(train_codes)} codes")
+    train_labels = torch.as_tensor(train_labels, dtype=torch.long)
+    num_labels = int(train_labels.max()) + 1
+    out: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
+    for rows in test_codes.split(test_batch):
+        distances = torch.cdist(rows, train_codes)  # [m, N]
+        nearest = distances.topk(max(ks), largest=False, sorted=True).indices  # [m, k_max]
+        for k in ks:
+            votes = torch.zeros(len(rows), num_labels, dtype=torch.long)
+            votes.scatter_add_(1, train_labels[nearest[:, :k]], torch.ones_like(nearest[:, :k]))
+            out[k].append(votes.argmax(-1))  # the first maximum: the smallest tied label
+    return {k: torch.cat(parts) for k, parts in out.items()}
+
+
+def knn_predict(
+    train_codes: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_codes: torch.Tensor,
+    k: int,
+    test_batch: int = 500,
+) -> torch.Tensor:
+    """The k-nearest-neighbour vote of :func:`knn_votes` for one k: ``[M]`` labels."""
+    return knn_votes(train_codes, train_labels, test_codes, (k,), test_batch)[k]
+
+
+def knn_error(
+    train_codes: torch.Tensor,
+    train_labels: Any,
+    test_codes: torch.Tensor,
+    test_labels: Any,
+    ks: tuple[int, ...] = (3, 5, 10),
+) -> dict[int, float]:
+    """Test error (fraction wrong) of the k-nearest-neighbour classifier on latent codes, for
+    each k in ``ks`` (Nalisnick, Hertel & Smyth, "Approximate Inference for Deep Latent Gaussian
+    Mixtures", 2016, Fig. 3a): fitted on (``train_codes``, ``train_labels``), scored on
+    (``test_codes``, ``test_labels``); see :func:`knn_votes` for the vote."""
+    train_codes = torch.as_tensor(train_codes, dtype=torch.float32)
+    test_codes = torch.as_tensor(test_codes, dtype=torch.float32)
+    truth = torch.as_tensor(test_labels, dtype=torch.long)
+    if len(train_codes) != len(train_labels) or len(test_codes) != len(truth):
+        raise DataError("codes and labels must have the same number of rows")
+    predictions = knn_votes(train_codes, train_labels, test_codes, tuple(ks))
+    return {k: (predictions[k] != truth).double().mean().item() for k in ks}

@@ -9,8 +9,10 @@ When a step's loss or a gradient is NaN / inf, the trainer (:mod:`pyro_moe.train
   started from, so the guide draws the same samples that produced the failure.
 
 A distribution built from NaN parameters fails Pyro's argument validation with a ``ValueError``
-before any loss exists; :func:`is_invalid_parameter_error` recognises that case so the trainer can
-report it as a non-finite step rather than as a crash.
+before any loss exists, and where validation is off (the sampling estimators validate only their
+first call) drawing from NaN probabilities fails in ``torch.multinomial`` with a
+``RuntimeError``; :func:`is_invalid_parameter_error` recognises both so the trainer can report
+them as a non-finite step rather than as a crash.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor | None]]) -> list[
 
 
 def is_invalid_parameter_error(error: BaseException) -> bool:
-    """Whether ``error`` is a distribution's argument validation failing on invalid values."""
-    return isinstance(error, ValueError) and "found invalid values" in str(error)
+    """Whether ``error`` is a distribution's argument validation failing on invalid values, or a
+    categorical draw from NaN / inf probabilities."""
+    if isinstance(error, ValueError):
+        return "found invalid values" in str(error)
+    return isinstance(error, RuntimeError) and "probability tensor contains" in str(error)
 
 
 def _first_line(error: BaseException) -> str:

@@ -9,21 +9,26 @@ from __future__ import annotations
 import itertools
 import math
 
+import pyro
 import pyro.distributions as dist
 import pyro_moe.guides  # noqa: F401
 import pyro_moe.models  # noqa: F401
 import pytest
 import torch
 from pyro import poutine
+from pyro.infer import TraceGraph_ELBO
 
 import pyro_moe.estimators  # noqa: F401
-from pyro_moe import variance
+from pyro_moe import variance, verification
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators import objectives
+from pyro_moe.estimators.base import value_with_gradient_of
+from pyro_moe.estimators.reinforce import Dependencies
 from pyro_moe.estimators.relaxed import RelaxedGate
 from pyro_moe.estimators.sampled import run_traces
 from pyro_moe.estimators.temperature import Temperature
-from pyro_moe.registry import ESTIMATORS
+from pyro_moe.nonfinite import is_invalid_parameter_error
+from pyro_moe.registry import ESTIMATORS, GUIDES
 from tests.helpers import tiny_data, tiny_moe
 
 ALL = ESTIMATORS.names()
@@ -66,6 +71,111 @@ def test_unbiased_estimators_match_exact_gradient(float64, name, vectorize):
     z = _z(m)
     assert z.numel() > 50
     assert z.max() < 4.0, f"{name}: max |z| = {z.max():.2f}"
+
+
+def _chain_program():
+    """A program where the dependency graph matters: the guide draws z (reparameterised), then
+    c ~ q(c|z) and d ~ q(d|c); in the model the observation depends on z only, so
+    TraceGraph_ELBO leaves log p(x|z) and the guide's log q(z) out of c's and d's costs."""
+
+    def model(x):
+        pi = pyro.param("pi_logits", torch.zeros(3))
+        mu = pyro.param("mu", torch.tensor([-1.0, 0.0, 1.5]))
+        trans = pyro.param("trans", torch.zeros(3, 2))
+        w = pyro.param("w", torch.tensor(0.7))
+        with pyro.plate("data", len(x)):
+            c = pyro.sample("cluster", dist.Categorical(logits=pi))
+            pyro.sample("d", dist.Categorical(logits=trans[c]))
+            z = pyro.sample("latent", dist.Normal(mu[c], 1.0))
+            pyro.sample("obs", dist.Normal(w * z, 0.5), obs=x)
+
+    def guide(x):
+        a = pyro.param("a", torch.tensor(0.5))
+        b = pyro.param("b", torch.tensor([0.3, -0.2, 0.1]))
+        t = pyro.param("t", torch.zeros(3, 2))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("latent", dist.Normal(a * x, 0.8))
+            c = pyro.sample("cluster", dist.Categorical(logits=b * z[:, None]))
+            pyro.sample("d", dist.Categorical(logits=t[c]))
+
+    return model, guide, (torch.linspace(-2, 2, 5),)
+
+
+def _cat_vae_program():
+    model, guide, args = verification.cat_vae_state()
+    return model.model, guide, args
+
+
+def _moe_program():
+    model, guide, args = _setup()
+    return model.model, guide, args
+
+
+@pytest.mark.parametrize("program", [_chain_program, _cat_vae_program, _moe_program])
+def test_reinforce_is_tracegraph_elbo_draw_for_draw(float64, program):
+    """``reinforce`` learns the dependency graph on its first call and reuses it: on every call,
+    the first and the later ones, its value and gradient equal TraceGraph_ELBO's on the same
+    draws (which tracks provenance on every call)."""
+    model, guide, args = program()
+    reinforce = ESTIMATORS["reinforce"](max_plate_nesting=2)
+    tracegraph = TraceGraph_ELBO(max_plate_nesting=2)
+    ours, pyros = [], []
+    for seed in range(4):
+        pyro.set_rng_seed(seed)
+        ours.append(reinforce.loss(model, guide, *args))
+        pyro.set_rng_seed(seed)
+        elbo, surrogate = tracegraph._loss_and_surrogate_loss(model, guide, args, {})
+        pyros.append(value_with_gradient_of(-elbo, surrogate))
+    params = [p.unconstrained() for p in pyro.get_param_store().values()]
+    params += [p for m in (model, guide) if isinstance(m, torch.nn.Module) for p in m.parameters()]
+    params += list(getattr(model, "__self__", torch.nn.Module()).parameters())
+    assert not reinforce.dependencies.stale
+    for a, b in zip(ours, pyros, strict=True):
+        assert a.item() == pytest.approx(b.item(), rel=1e-10)
+        grads = [
+            torch.autograd.grad(v, params, allow_unused=True, retain_graph=True) for v in (a, b)
+        ]
+        for ga, gb in zip(*grads, strict=True):
+            assert (ga is None) == (gb is None)
+            if ga is not None:
+                torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-12)
+
+
+def test_reinforce_without_the_dependency_map_scores_every_site():
+    """A site the learnt map does not know is assumed downstream of every score site."""
+    deps = Dependencies()
+    deps.scores, deps.upstream, deps.stale = frozenset({"c"}), {("model", "x"): frozenset()}, False
+    assert not deps.depends(("model", "x"), "c") and not deps.stale
+    assert deps.depends(("model", "new"), "c") and deps.stale
+
+
+@pytest.mark.parametrize("name", ["reinforce", "rloo", "gumbel"])
+def test_validation_checks_the_first_call_for_a_program(name):
+    """Pyro's validation runs on an estimator's first call for a (model, guide) pair, and again
+    after a first call that failed; the later calls skip it (a NaN parameter then shows up as a
+    NaN loss or a failed categorical draw, which the trainer reports as a non-finite step,
+    instead of a ValueError)."""
+    model, guide, args = _setup()
+    estimator = ESTIMATORS[name]()
+    with torch.no_grad():
+        guide.net[0].bias[0] = float("nan")
+    for _ in range(2):  # a failed first call does not count
+        with pytest.raises(ValueError, match="invalid values"):
+            estimator.loss(model.model, guide, *args)
+    with torch.no_grad():
+        guide.net[0].bias[0] = 0.0
+    assert torch.isfinite(estimator.loss(model.model, guide, *args))
+    with torch.no_grad():
+        guide.net[0].bias[0] = float("nan")
+    try:
+        assert torch.isnan(estimator.loss(model.model, guide, *args))
+    except RuntimeError as e:  # the score-function estimators draw c ~ Categorical(NaN)
+        assert is_invalid_parameter_error(e) and estimator.uses_score
+    other = GUIDES["posterior"](model)  # another program: validated again
+    with torch.no_grad():
+        other.net[0].bias[0] = float("nan")
+    with pytest.raises(ValueError, match="invalid values"):
+        estimator.loss(model.model, other, *args)
 
 
 def _brute_force_vimco(model, guide, x, y, s: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ from pyro_moe.data import split_arrays
 from pyro_moe.errors import ConfigError, NonFiniteError, TrainingInterrupted
 from pyro_moe.estimators.base import Estimator
 from pyro_moe.estimators.enum import Enumerate
+from pyro_moe.estimators.reinforce import Reinforce
 from pyro_moe.train import NonFiniteStepWarning
 
 SPEC = RunSpec(model="moe", data="sign-flip", data_options={"n": 100}, seed=1)
@@ -152,6 +153,20 @@ def test_a_nan_parameter_is_named():
         NonFiniteError, match="step 5 .*non-finite parameter values: model.raw_scale"
     ):
         train(Faulty(_nan_parameter, {5}))
+
+
+def _nan_gate(inner, model, guide, *args, **kwargs):
+    with torch.no_grad():
+        model.__self__.gate.weight[0, 0] = float("nan")  # q(c|x) = p(c|x): the draw fails
+    return inner.loss(model, guide, *args, **kwargs)
+
+
+def test_a_nan_parameter_after_the_validated_first_step_is_named():
+    """A sampling estimator validates only its first call; a NaN gate later makes the categorical
+    draw fail, which is reported as a non-finite step naming the parameter, not a crash."""
+    data, model, guide, _ = build(replace(SPEC, guide="gate"))
+    with pytest.raises(NonFiniteError, match="step 6 .*non-finite parameter values: model.gate"):
+        fit(model, guide, Faulty(_nan_gate, {6}, Reinforce()), data, CONFIG)
 
 
 def _nan_gradient(inner, model, guide, *args, **kwargs):

@@ -18,11 +18,19 @@ BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 
 #: arguments that make each benchmark script finish in seconds
 BENCHMARK_SMOKE_ARGS = {
+    "dlgmm_tables.py": [
+        *("--limit", "120", "--epochs", "1", "--hidden", "8", "--is-samples", "10"),
+        *("--is-sample-batch", "4", "--tsne-points", "40"),
+    ],
     "estimators_binarized_mnist.py": [
         *("--limit", "100", "--epochs", "1", "--estimators", "reinforce"),
         *("--test-samples", "2", "--best", "0"),
     ],
     "bishop_objectives.py": ["--epochs", "1"],
+    "bayes_moe.py": [
+        *("--n", "40", "--warmup", "10", "--samples", "10", "--svi-steps", "20"),
+        *("--variants", "collapsed-jit,pyro-traced"),
+    ],
     "estimators_small.py": [
         *("--estimates", "20", "--loop-estimates", "4", "--fit-steps", "1"),
         *("--temperatures", "1"),
@@ -64,6 +72,7 @@ OPTIONAL = {"overhead_storchastic.py": ("storch", "bench")}
 #: environment that gives each notebook a small budget
 NOTEBOOK_SMOKE_ENV = {
     "deep_clustering.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "2"},
+    "dlgmm.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "1"},
     "quickstart.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "3"},
     "gradient_estimators.ipynb": {
         "PYRO_MOE_NOTEBOOK_EPOCHS": "2",

@@ -21,20 +21,29 @@ gradients of :meth:`loss`), not through ``estimate_losses``.
 
 An optional Pyro handler (:meth:`SampledEstimator.handler`) is applied to both the guide and the
 model; the relaxed estimators use it to turn the ``cluster`` site into a relaxed one-hot vector.
+
+Pyro's validation (``pyro.enable_validation``: distribution arguments, supports, plate shapes)
+checks the first call of an estimator for a (model, guide) pair; the later calls for the same pair
+run without it (:meth:`SampledEstimator.validation`), as its checks cost a reduction per tensor
+per site on every step. What they would catch later, a parameter gone NaN or inf, shows up in the
+loss or the gradient, which the trainer checks on every step (:mod:`pyro_moe.nonfinite`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import pyro
 import torch
+from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
 
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.base import Estimator, value_with_gradient_of
-from pyro_moe.estimators.traces import ESTIMATES, PARTICLES, run_traces
+from pyro_moe.estimators.traces import ESTIMATES, PARTICLES, program_key, run_traces
 
 DATA = "data"
 CLUSTER = "cluster"
@@ -156,6 +165,7 @@ class SampledEstimator(Estimator):
 
     def __init__(self, *, num_particles: int = 1, max_plate_nesting: int = 1) -> None:
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+        self.validated: set[tuple[int, ...]] = set()  # programs whose first call validated
         if num_particles < self.min_particles:
             raise ConfigError(
                 f"estimator {self.name!r} needs num_particles >= {self.min_particles}, "
@@ -166,6 +176,14 @@ class SampledEstimator(Estimator):
         """A pair of callables ``fn -> fn`` applied to the model and to the guide (None: run
         them as they are); built afresh for every run, so they may share per-run state."""
         return None
+
+    def validation(self, model, guide) -> AbstractContextManager:
+        """Pyro's validation as set on the first call for ``(model, guide)``; off on the later
+        ones (see the module docstring)."""
+        key = program_key(model, guide)
+        if key in self.validated:
+            return pyro.validation_enabled(False)
+        return _first_call(self.validated, key) if is_validation_enabled() else nullcontext()
 
     def costs(self, model, guide, num_estimates: int, *args: Any, **kwargs: Any) -> Costs:
         model_trace, guide_trace = run_traces(
@@ -197,12 +215,19 @@ class SampledEstimator(Estimator):
         self, model, guide, num_estimates: int, *args: Any, **kwargs: Any
     ) -> torch.Tensor:
         """``[E]`` independent losses (``-value`` carrying the surrogate's gradient)."""
-        costs = self.costs(model, guide, num_estimates, *args, **kwargs)
+        with self.validation(model, guide):
+            costs = self.costs(model, guide, num_estimates, *args, **kwargs)
         value, surrogate = self.objective(costs, *args)
         return value_with_gradient_of(-value, -surrogate)
 
     def loss(self, model, guide, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.estimate_losses(model, guide, 1, *args, **kwargs)[0]
+
+
+@contextmanager
+def _first_call(validated: set, key: tuple[int, ...]) -> Iterator[None]:
+    yield  # an exception leaves ``key`` out: the next call validates again
+    validated.add(key)
 
 
 def score_surrogate(

@@ -11,7 +11,9 @@ model, guide_trace))`` does for an ELBO, and :meth:`SiteTrace.compute_log_prob` 
   (and ``infer``), an observed site keeps its data, as in ``poutine.replay``;
 * log-densities: ``log_prob`` (scaled and masked) and ``unscaled_log_prob`` per site, without
   ``log_prob_sum`` and its NaN / inf warnings (the trainer checks every loss and gradient for
-  non-finite values, :mod:`pyro_moe.nonfinite`).
+  non-finite values, :mod:`pyro_moe.nonfinite`);
+* ``pyro.module``'s parameter sites: a parameter the param store already holds as it is (the same
+  tensor, unconstrained) is returned at once, which is what the store's lookup would return.
 
 The two runs sit inside two plates to the left of the model's own plates::
 
@@ -31,6 +33,7 @@ import pyro
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
+from torch.distributions import constraints
 
 ESTIMATES = "estimates_vectorized"
 PARTICLES = "num_particles_vectorized"
@@ -77,12 +80,25 @@ class Record(Messenger):
             raise RuntimeError(f"site {msg['name']} must be sampled in trace")
         msg["value"], msg["infer"], msg["done"] = site["value"], site["infer"], True
 
+    def _pyro_param(self, msg: dict[str, Any]) -> None:
+        if len(msg["args"]) < 2:
+            return
+        store, name, value = pyro.get_param_store(), msg["name"], msg["args"][1]
+        if store._params.get(name) is value and store._constraints[name] is constraints.real:
+            msg["value"], msg["done"] = value, True
+
     def _pyro_post_sample(self, msg: dict[str, Any]) -> None:
         if isinstance(msg["fn"], _Subsample):
             return
         if msg["name"] in self.trace.nodes:
             raise RuntimeError(f"Multiple sample sites named '{msg['name']}'")
         self.trace.nodes[msg["name"]] = msg
+
+
+def program_key(model, guide) -> tuple[int, ...]:
+    """Identifies a (model, guide) pair across calls (a bound method by its object and
+    function), without keeping references to them."""
+    return (id(getattr(model, "__self__", model)), id(getattr(model, "__func__", model)), id(guide))
 
 
 def in_plates(fn, num_estimates: int, num_particles: int, nesting: int, unit: bool = True):

@@ -66,7 +66,7 @@ def plot_subexperts(
     digit and count). ``means`` and ``prototypes`` are ``[K, K2, D]``, ``captions`` ``[K][K2]``."""
     k, k2 = means.shape[:2]
     height = CELL * 1.4 * k + 1.0
-    fig = Figure(figsize=(max(4.0, CELL * 2.6 * k2 + 1.0), height))
+    fig = Figure(figsize=(max(5.0, CELL * 2.6 * k2 + 1.0), height))
     axes = fig.subplots(k, 2 * k2, squeeze=False)
     fig.subplots_adjust(top=1 - 0.8 / height, bottom=0.2 / height, hspace=0.5)
     for c in range(k):
