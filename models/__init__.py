@@ -1,6 +1,7 @@
 """Model families, registered by name in :data:`pyro_moe.registry.MODELS`."""
 
 from pyro_moe.models import (  # noqa: F401  (register the models)
+    bayes_moe,
     cat_vae,
     dlgmm,
     dmvae,

@@ -4,6 +4,7 @@
     pyro-moe train MODEL --data NAME --estimator NAME --out DIR [--epochs ... --resume]
     pyro-moe evaluate RUN_DIR
     pyro-moe compare-estimators --model moe --data NAME --estimators a,b,c --out DIR
+    pyro-moe bayes --data NAME --experts 1,2,3,4 --out DIR [--chains --warmup --samples]
 
 Errors a user can cause, malformed stored files and operating-system errors (disk full, a
 read-only file system) print one line, ``pyro-moe: error: ...``, and exit with status 2.
@@ -203,6 +204,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list models, guides, estimators and data sets")
     _add_train_parser(sub)
     _add_compare_parser(sub)
+    _add_bayes_parser(sub)
     e = sub.add_parser("evaluate", help="test metrics of a finished run (its best parameters)")
     e.add_argument("run_dir", type=Path)
     e.add_argument("--split", default="test", choices=["train", "valid", "test"])
@@ -244,6 +246,65 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_bayes_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bayes",
+        help="NUTS on a Bayesian mixture of experts for each K; compare the K's with ArviZ",
+        description="For each number of experts K, sample the Bayesian mixture of experts by "
+        "NUTS (the gate summed out), print the az.compare (PSIS-LOO) table and R-hat / ESS / "
+        "divergences, write trace, rank, posterior-predictive and pair plots (PNG) and one "
+        "netCDF InferenceData per K.",
+    )
+    p.add_argument("--data", required=True, help="data set name or .npz file (training split)")
+    p.add_argument("--experts", default="1,2,3,4", help="comma-separated K values (1,2,3,4)")
+    p.add_argument("--chains", type=int, default=2, help="NUTS chains per K (default 2)")
+    p.add_argument("--warmup", type=int, default=200, help="warm-up steps per chain (200)")
+    p.add_argument("--samples", type=int, default=200, help="kept draws per chain (200)")
+    p.add_argument(
+        "--max-tree-depth", type=int, default=10, help="NUTS's tree depth cap (default 10)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="model option")
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier comparison in --out (only the files pyro-moe wrote)",
+    )
+    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_bayes(args: argparse.Namespace) -> int:
+    from pyro_moe.bayes import NutsConfig
+    from pyro_moe.choose_experts import compare_experts, parse_experts
+
+    config = NutsConfig(
+        chains=args.chains,
+        warmup=args.warmup,
+        samples=args.samples,
+        seed=args.seed,
+        max_tree_depth=args.max_tree_depth,
+        progress=False if args.quiet else None,
+    )
+    table, _ = compare_experts(
+        args.data,
+        parse_experts(args.experts),
+        config,
+        args.out,
+        model_options=parse_options(args.option, "model"),
+        data_options=parse_options(args.data_option, "data"),
+        overwrite=args.overwrite,
+        figures=not args.no_figures,
+        report=print,
+    )
+    if table is not None:
+        print(table.to_string())
+    print(f"written: {args.out / 'compare.md'}, one K*.nc per K")
+    return 0
 
 
 def _spec_from_args(args: argparse.Namespace, seed: int, **spec_fields: Any) -> Any:
@@ -379,6 +440,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "compare-estimators": cmd_compare_estimators,
+    "bayes": cmd_bayes,
 }
 
 

@@ -67,6 +67,19 @@ def _fits_support(values: torch.Tensor, c: torch.Tensor, axis: int) -> bool:
     return c.shape[0] == values.shape[axis] and c.dim() - 1 >= axis and c.numel() == c.shape[0]
 
 
+def _drawn(values: torch.Tensor, c: torch.Tensor, axis: int) -> torch.Tensor:
+    """``values[..., c, ...]`` when c's shape is ``extra + batch_shape``: the P = prod(extra)
+    draws per batch element are gathered along the component axis itself, so ``values`` is
+    never expanded (its gradient is a scatter into its own size, not into P copies)."""
+    extra, event_shape = c.shape[: c.dim() - axis], values.shape[axis + 1 :]
+    index = c.reshape((-1,) + values.shape[:axis]).movedim(0, -1)  # batch + [P]
+    index = index.reshape(index.shape + (1,) * len(event_shape)).expand(
+        index.shape + event_shape
+    )  # batch + [P] + event
+    picked = values.gather(axis, index)  # batch + [P] + event
+    return picked.movedim(axis, 0).reshape(extra + values.shape[:axis] + event_shape)
+
+
 def _moved(values: torch.Tensor, c: torch.Tensor, axis: int) -> torch.Tensor:
     """``values[..., k, ...]`` for every k, with k moved to c's (leftmost) dim."""
     shape = (c.shape[0],) + (1,) * (c.dim() - 1 - axis) + values.shape[:axis]
@@ -87,6 +100,8 @@ def _weighted(values: torch.Tensor, w: torch.Tensor, event_dim: int, k: int) -> 
 
 
 def _indexed(values: torch.Tensor, c: torch.Tensor, event_dim: int, axis: int) -> torch.Tensor:
+    if c.shape[c.dim() - axis :] == values.shape[:axis]:  # extra dims only on c's left
+        return _drawn(values, c, axis)
     batch_shape = torch.broadcast_shapes(c.shape, values.shape[:axis])
     event_shape = values.shape[axis + 1 :]
     index = c.expand(batch_shape).reshape(batch_shape + (1,) + (1,) * event_dim)

@@ -51,7 +51,11 @@ except ImportError:  # not POSIX: no lock (documented in docs/reliability.md)
     fcntl = None  # type: ignore[assignment]
 
 #: the kinds of run folder, as messages name them
-KINDS = {"train": "run", "compare": "comparison of estimators"}
+KINDS = {
+    "train": "run",
+    "compare": "comparison of estimators",
+    "bayes": "Bayesian comparison of expert counts",
+}
 MARKER = ".pyro-moe-run"
 LOCK = ".pyro-moe.lock"
 #: the files every training run may write (figures are recorded in the marker as they are drawn)

@@ -207,6 +207,15 @@ def unique_parameters(*modules: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's first parameter, or of its first floating buffer for a
+    model without parameters (a Bayesian model whose weights are all sample sites)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.get_default_dtype()
+
+
 def make_optimizer(
     model: nn.Module, guide: nn.Module, estimator: nn.Module, config: TrainConfig
 ) -> torch.optim.Adam:
@@ -282,7 +291,7 @@ class Trainer:
         self.device = torch.device(config.device)
         for module in (model, guide, estimator):
             module.to(self.device)
-        dtype = next(model.parameters()).dtype
+        dtype = model_dtype(model)
         self.data = data.to(self.device, dtype)
         self.optimizer = make_optimizer(model, guide, estimator, config)
         self.names = _param_names(model=model, guide=guide, estimator=estimator)

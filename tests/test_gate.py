@@ -32,6 +32,21 @@ def test_component_table_without_batch_dims():
     assert torch.equal(select(table, c, event_dim=1), table[c])
 
 
+def test_several_draws_per_point_and_their_gradient(values):
+    """c with extra dims on the left (particles, estimates) of the points' dim: each draw picks
+    its point's component, and the gradient reaching ``values`` counts every draw."""
+    values = values.clone().requires_grad_()
+    c = torch.tensor([[0, 2, 1, 1, 0], [2, 2, 0, 1, 1]])[:, None].expand(2, 3, N)  # [2, 3, N]
+    out = select(values, c, event_dim=1)
+    assert out.shape == (2, 3, N, M)
+    expected = values[torch.arange(N), c]  # advanced indexing: [2, 3, N, M]
+    assert torch.equal(out, expected)
+    weights = torch.randn(2, 3, N, M)
+    (grad,) = torch.autograd.grad((out * weights).sum(), values)
+    (want,) = torch.autograd.grad((expected * weights).sum(), values)
+    torch.testing.assert_close(grad, want)
+
+
 def test_one_hot_equals_index_exactly(values):
     c = torch.tensor([0, 2, 1, 1, 0])
     one_hot = torch.nn.functional.one_hot(c, K).to(values.dtype)

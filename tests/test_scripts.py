@@ -27,6 +27,10 @@ BENCHMARK_SMOKE_ARGS = {
         *("--test-samples", "2", "--best", "0"),
     ],
     "bishop_objectives.py": ["--epochs", "1"],
+    "bayes_moe.py": [
+        *("--n", "40", "--warmup", "10", "--samples", "10", "--svi-steps", "20"),
+        *("--variants", "collapsed-jit,pyro-traced"),
+    ],
     "estimators_small.py": [
         *("--estimates", "20", "--loop-estimates", "4", "--fit-steps", "1"),
         *("--temperatures", "1"),
