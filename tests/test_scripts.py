@@ -18,6 +18,16 @@ BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 
 #: arguments that make each benchmark script finish in seconds
 BENCHMARK_SMOKE_ARGS = {
+    "dlgmm_extremes.py": [
+        "--limit",
+        "100",
+        "--epochs",
+        "1",
+        "--hidden",
+        "8",
+        "--per-component",
+        "3",
+    ],
     "dlgmm_tables.py": [
         *("--limit", "120", "--epochs", "1", "--hidden", "8", "--is-samples", "10"),
         *("--is-sample-batch", "4", "--tsne-points", "40"),
