@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 
 from pyro_moe import RunSpec, build, fit, metrics, stats
-from pyro_moe.benchmarking import fixed_budget, markdown_table, write_results
+from pyro_moe.benchmarking import fixed_budget, markdown_table, run_script, write_results
 from pyro_moe.cli import OneLineParser
 
 #: Singh et al.'s Table 1 (test MSE): Deep MoE and DVMoE, by input dimension
@@ -321,6 +321,23 @@ def write(args: argparse.Namespace, results: dict, seconds: float) -> None:
     figure(results, Path(args.out) / f"{args.name}.png")
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Refuse, in one line, what would waste a run or make the test seeds see the search."""
+    tested = set(range(args.seed, args.seed + args.seeds))
+    problems = [
+        (args.seeds < 1, f"--seeds must be >= 1, got {args.seeds}"),
+        (bool(tested & set(args.valid_seeds)), "--valid-seeds must not be test seeds"),
+        (min(args.lrs) <= 0, "--lrs must be > 0"),
+        (min(args.search_x_weights) <= 0, "--search-x-weights must be > 0"),
+        (args.resamples < 1, f"--resamples must be >= 1, got {args.resamples}"),
+        (not 0 < args.alpha < 1, f"--alpha must be in (0, 1), got {args.alpha}"),
+    ]
+    for bad, message in problems:
+        if bad:
+            parser.error(message)
+    return args
+
+
 def main(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     found = search(args)
@@ -369,4 +386,4 @@ if __name__ == "__main__":
     parser.add_argument("--comment", default="", help="a closing paragraph for the markdown")
     parser.add_argument("--name", default="table1_dvmoe", help="results file stem")
     parser.add_argument("--out", default="benchmarks/results")
-    main(parser.parse_args())
+    run_script(lambda: main(check_args(parser, parser.parse_args())))

@@ -47,7 +47,7 @@ entropy 0.5 nats), and the test MSE stays 10-30 times Deep MoE's. At beta -> 0, 
 MoE with an unused VAE. Measured on D = 2 (1,200 Adam steps, seeds 0-4, test MSE, noise floor
 0.01): beta = 1: 0.26, 0.21, 5.0, 0.33, 2.9; beta = 0.3: 0.0095, 0.021, 2.2, 0.019, 0.88;
 beta = 1e-4 (seeds 2, 4): 4.2, 1.9; Deep MoE: 0.0092, 0.022, 2.8, 0.0095, 1.1
-(benchmarks/results/table1_dvmoe.md has the full table).
+(benchmarks/results/table1_dvmoe_5seeds.md has the full table).
 
 Shapes under ``TraceEnum_ELBO`` (max_plate_nesting=1) for ``dvmoe``, N=5, D=2, d_z=2, K=3, as
 printed by ``poutine.trace(poutine.enum(config_enumerate(model.model), -2)).get_trace(x, y)
