@@ -81,6 +81,7 @@ BENCHMARK_SMOKE_ARGS = {
 OPTIONAL = {"overhead_storchastic.py": ("storch", "bench")}
 #: environment that gives each notebook a small budget
 NOTEBOOK_SMOKE_ENV = {
+    "bayes_moe.ipynb": {"PYRO_MOE_NOTEBOOK_DRAWS": "10"},
     "deep_clustering.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "2"},
     "dlgmm.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "1"},
     "quickstart.ipynb": {"PYRO_MOE_NOTEBOOK_EPOCHS": "3"},
