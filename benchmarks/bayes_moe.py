@@ -11,7 +11,20 @@ over the posterior's scalars, and ESS per second. The variants:
 * ``pyro-traced-jit``: the same with Pyro's ``jit_compile=True``;
 * ``collapsed``: the gate summed out by one ``logsumexp`` in a plain torch pass
   (:func:`pyro_moe.bayes.collapsed_potential`);
-* ``collapsed-jit``: the same compiled with ``torch.jit.trace`` (the library's default).
+* ``collapsed-jit``: the same compiled with ``torch.jit.trace`` (the library's default);
+* ``numpyro``: NumPyro's NUTS on the same model (:mod:`pyro_moe.bayes_numpyro`: the same priors,
+  the gate summed out by ``logsumexp`` in a ``numpyro.factor``) and data, from the constrained
+  point the ``collapsed-jit`` chain starts at, with the same warm-up, draws, target acceptance,
+  tree depth and dense mass matrix. Its wall seconds count JAX's compilation (not JAX's import)
+  and not the mode search, which the start reuses; ``numpyro-compiled`` is the same run again
+  with the compiled functions cached (the same key, so the same draws).
+
+Every row's ESS comes from the same function (:func:`pyro_moe.bayes.diagnostics`, ArviZ's bulk
+ESS on the draws converted by :func:`pyro_moe.bayes.to_inference_data`). The results also state
+the ratio of NumPyro's ESS per second to our best, against the target of at most 3 counting
+compilation for both, and the largest difference between NumPyro's log joint and ours
+(:meth:`~pyro_moe.models.bayes_moe.BayesianMixtureOfExperts.log_joint`) over a few of NumPyro's
+draws, which checks that the two programs are one model.
 
 SVI against NUTS: the ``auto-normal`` guide trained by the library's trainer (``enum``,
 ``--svi-steps`` full-batch steps), then for SVI draws and the fastest NUTS variant's draws: the
@@ -20,8 +33,10 @@ central 90% posterior-predictive interval on the held-out points, and ``az.compa
 the training points) with both.
 
 Wall times are taken on whatever else the machine is running: the results record the load
-average before and after. NumPyro is not among the project's dependencies; its column is left
-out rather than estimated.
+average before and after. NumPyro and JAX are an optional extra (``pip install '.[numpyro]'``);
+without them the results say so in one line and have no NumPyro rows. Run with one thread:
+``OMP_NUM_THREADS=1 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"``
+(the script asks torch for one thread and sets that ``XLA_FLAGS`` when it is unset).
 
     python benchmarks/bayes_moe.py                          # the full protocol
     python benchmarks/bayes_moe.py --n 40 --warmup 10 --samples 10 --svi-steps 20  # smoke run
@@ -29,6 +44,7 @@ out rather than estimated.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import time
@@ -38,19 +54,22 @@ import numpy as np
 import torch
 from pyro_moe.models.bayes_moe import BayesianMixtureOfExperts
 
-from pyro_moe import Dataset, RunSpec, TrainConfig, bayes, run_experiment
+from pyro_moe import Dataset, RunSpec, TrainConfig, bayes, bayes_numpyro, run_experiment
 from pyro_moe.benchmarking import write_results
 from pyro_moe.cli import OneLineParser
 from pyro_moe.tables import columns_of, markdown_table
 
 NOTE = (
-    "Not measured here: NumPyro's NUTS is not among the project's dependencies, so there is no "
-    "side-by-side NumPyro column. Figures reported for this protocol on an idle machine with one "
-    "thread (not reproduced here): Pyro NUTS 120 s (min ESS 84, 0.69 ESS/s), with "
-    "`jit_compile=True` 51 s (2.2 ESS/s), NumPyro 0.22 12.0 s including compilation (12 ESS/s). "
-    "The rows above share one start and one loaded machine, so their ratio is the comparison to "
-    "read; their absolute speed is not an idle machine's."
+    "The rows share one start (NumPyro's is the point the collapsed-jit chain starts at, after "
+    "the mode search that only our rows' seconds count) and one machine; the load averages say "
+    "how idle it was. Figures reported for this protocol on an idle machine with one thread (not "
+    "reproduced here): Pyro NUTS 120 s (min ESS 84, 0.69 ESS/s), with `jit_compile=True` 51 s "
+    "(2.2 ESS/s), NumPyro 0.22 12.0 s including compilation (12 ESS/s), 2.1 s once compiled "
+    "(65 ESS/s)."
 )
+NO_NUMPYRO = "NumPyro is not installed (`pip install '.[numpyro]'`): no NumPyro rows."
+#: NumPyro draws at which its log joint is compared with ours
+LOG_JOINT_DRAWS = 10
 
 
 VARIANTS = {
@@ -69,11 +88,10 @@ def two_expert_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.tensor(a, dtype=torch.float32)[:, None] for a in (x, y))
 
 
-def nuts_row(name: str, x, y, config: bayes.NutsConfig) -> tuple[dict[str, Any], Any]:
-    model = BayesianMixtureOfExperts(1, 1, num_components=2)
-    config = dataclasses.replace(config, **VARIANTS[name])
-    posterior = bayes.run_nuts(model, x, y, config)
-    idata = bayes.to_inference_data(model, posterior, x, y, config.seed)
+def row_of(name: str, model, posterior, x, y, seed: int) -> tuple[dict[str, Any], Any]:
+    """A table row of one NUTS run (ESS from :func:`bayes.diagnostics` for every row) and the
+    run's ``(model, posterior, InferenceData)``."""
+    idata = bayes.to_inference_data(model, posterior, x, y, seed)
     report = bayes.diagnostics(idata)
     row = {
         "variant": name,
@@ -84,6 +102,71 @@ def nuts_row(name: str, x, y, config: bayes.NutsConfig) -> tuple[dict[str, Any],
         "step_size": round(float(posterior.sample_stats["step_size"][0, -1]), 4),
     }
     return row, (model, posterior, idata)
+
+
+def nuts_row(name: str, x, y, config: bayes.NutsConfig) -> tuple[dict[str, Any], Any]:
+    model = BayesianMixtureOfExperts(1, 1, num_components=2)
+    config = dataclasses.replace(config, **VARIANTS[name])
+    posterior = bayes.run_nuts(model, x, y, config)
+    return row_of(name, model, posterior, x, y, config.seed)
+
+
+def shared_start(model, x, y, config: bayes.NutsConfig) -> dict[str, torch.Tensor]:
+    """theta at the start of the ``collapsed-jit`` chain: the mode search's best end point plus
+    the first chain's jitter, constrained."""
+    config = dataclasses.replace(config, **VARIANTS["collapsed-jit"])
+    mode = bayes.find_mode(model, bayes.make_potential(model, x, y, config), config)
+    u = bayes.chain_start(model, mode, config, chain=0)
+    return bayes.constrain(u, bayes.site_transforms(model))[0]
+
+
+def log_joint_gap(model, posterior, x, y) -> float:
+    """max |log joint (NumPyro) - log joint (ours)| over the first draws of ``posterior``."""
+    flat = posterior.flat()
+    gaps = []
+    for s in range(min(LOG_JOINT_DRAWS, posterior.num_draws)):
+        theta = {name: value[s] for name, value in flat.items()}
+        with torch.no_grad():
+            ours = float(model.log_joint(theta, x, y))
+        gaps.append(abs(bayes_numpyro.log_joint(model, theta, x, y) - ours))
+    return max(gaps)
+
+
+def numpyro_rows(x, y, config: bayes.NutsConfig) -> tuple[list[dict[str, Any]], float]:
+    """The ``numpyro`` and ``numpyro-compiled`` rows, and the log-joint gap on NumPyro's draws."""
+    model = BayesianMixtureOfExperts(1, 1, num_components=2)
+    start = shared_start(model, x, y, config)
+    posterior, again = bayes_numpyro.run_nuts(model, x, y, config, start)
+    row, _ = row_of("numpyro", model, posterior, x, y, config.seed)
+    compiled = {
+        **row,
+        "variant": "numpyro-compiled",
+        "seconds": round(again, 2),
+        "ess_per_second": round(row["min_ess_bulk"] / again, 3),
+    }
+    return [row, compiled], log_joint_gap(model, posterior, x, y)
+
+
+def comparison(rows: list[dict[str, Any]], gap: float) -> tuple[str, dict[str, Any]]:
+    """The sentence and the record comparing our best ESS/s with NumPyro's."""
+    by_name = {row["variant"]: row for row in rows}
+    ours = max((r for r in rows if r["variant"] in VARIANTS), key=lambda r: r["ess_per_second"])
+    ratio = by_name["numpyro"]["ess_per_second"] / ours["ess_per_second"]
+    ratio_compiled = by_name["numpyro-compiled"]["ess_per_second"] / ours["ess_per_second"]
+    record = {
+        "best_ours": ours["variant"],
+        "numpyro_over_ours": round(ratio, 2),
+        "numpyro_compiled_over_ours": round(ratio_compiled, 2),
+        "within_3x": ratio <= 3,
+        "log_joint_max_abs_diff": gap,
+    }
+    text = (
+        f"NumPyro's ESS per second over our best ({ours['variant']}), compilation counted for "
+        f"both: {ratio:.2f}x (target: at most 3x, {'met' if ratio <= 3 else 'not met'}); against "
+        f"NumPyro once compiled: {ratio_compiled:.2f}x. NumPyro's log joint minus ours at "
+        f"{LOG_JOINT_DRAWS} of its draws: at most {gap:.2g} in absolute value (float32)."
+    )
+    return text, record
 
 
 def held_out(model, posterior, x, y) -> dict[str, float]:
@@ -143,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--svi-steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--numpyro", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     names = [v for v in args.variants.split(",") if v]
@@ -150,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown variant {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     torch.set_num_threads(1)
+    bayes_numpyro.one_thread()
     start, load = time.perf_counter(), os.getloadavg()
     x, y = two_expert_data(args.n, args.seed)
     x_test, y_test = two_expert_data(args.n, args.seed + 1)
@@ -159,8 +244,21 @@ def main(argv: list[str] | None = None) -> None:
     fits = {name: nuts_row(name, x, y, config) for name in names}
     rows = [row for row, _ in fits.values()]
     best = max(fits, key=lambda name: fits[name][0]["ess_per_second"])
+    versus, versus_record = NO_NUMPYRO, {}
+    if not args.numpyro:
+        versus = "NumPyro left out (`--no-numpyro`): no NumPyro rows."
+    elif bayes_numpyro.available():
+        numpyro_table, gap = numpyro_rows(x, y, config)
+        rows += numpyro_table
+        versus, versus_record = comparison(rows, gap)
     svi = svi_against_nuts(x, y, x_test, y_test, fits[best][1], args.svi_steps, args.seed)
-    results = {"nuts": rows, "svi_vs_nuts": svi, "load_before": load, "load_after": os.getloadavg()}
+    results = {
+        "nuts": rows,
+        "numpyro": versus_record or {"missing": versus},
+        "svi_vs_nuts": svi,
+        "load_before": load,
+        "load_after": os.getloadavg(),
+    }
     markdown = "\n".join(
         [
             f"# NUTS on a 2-expert Bayesian MoE ({args.n} points, one chain, {args.warmup} "
@@ -169,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
             f"Load average before / after: {load[0]:.2f} / {os.getloadavg()[0]:.2f}.",
             "",
             markdown_table(rows, columns_of(rows)),
+            "",
+            versus,
             "",
             NOTE,
             "",

@@ -15,7 +15,7 @@ import torch
 from pyro import poutine
 from pyro_moe.models.bayes_moe import BayesianMixtureOfExperts, OrderedNormal
 
-from pyro_moe import TrainConfig, bayes
+from pyro_moe import TrainConfig, bayes, bayes_numpyro
 from pyro_moe.cli import main
 from pyro_moe.data import Dataset
 from pyro_moe.experiment import RunSpec, run_experiment
@@ -149,6 +149,43 @@ def test_classification_potential_is_pyros_enumerated_potential(float64):
     u = bayes.initial_params(model, 1, 2.0)
     fast = bayes.collapsed_potential(model, x, y)(u)
     torch.testing.assert_close(fast, bayes.traced_potential(model, x, y)(u), rtol=1e-10, atol=1e-8)
+
+
+NUMPYRO_MODELS = [
+    ((1, 1), {"num_components": 2}),
+    ((1, 1), {"num_components": 3, "gate_degree": 2}),
+    ((1, 1), {"num_components": 2, "ordered": False}),
+    ((2, 2), {"num_components": 3}),
+    ((2, 3), {"task": "classification", "num_components": 2}),
+]
+
+
+@pytest.mark.parametrize(("dims", "options"), NUMPYRO_MODELS)
+def test_numpyro_program_is_the_same_model(dims, options):
+    """NumPyro's log joint at prior draws of theta, and its potential energy at random
+    unconstrained points, equal ours (float32 on both sides: 1e-5 relative)."""
+    pytest.importorskip("numpyro", reason="NumPyro is an optional extra: pip install '.[numpyro]'")
+    import jax.numpy as jnp
+    from numpyro.infer.util import potential_energy
+
+    model = BayesianMixtureOfExperts(*dims, **options)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, dims[0], generator=gen)
+    if model.task == "classification":
+        y = torch.randint(0, dims[1], (40,), generator=gen)
+    else:
+        y = torch.randn(40, dims[1], generator=gen)
+    fast = bayes.collapsed_potential(model, x, y)
+    args = tuple(jnp.asarray(t.numpy()) for t in (x, y))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        theta = {name: prior.sample() for name, prior in model.priors().items()}
+        ours = float(model.log_joint(theta, x, y))
+        assert bayes_numpyro.log_joint(model, theta, x, y) == pytest.approx(ours, rel=1e-5)
+        u = bayes.initial_params(model, seed, 2.0)
+        params = {name: jnp.asarray(value.numpy()) for name, value in u.items()}
+        energy = float(potential_energy(bayes_numpyro.program(model), args, {}, params))
+        assert energy == pytest.approx(float(fast(u)), rel=1e-5)
 
 
 def test_ordered_normal_density_integrates_to_one(float64):
