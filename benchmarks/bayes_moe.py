@@ -62,8 +62,8 @@ from pyro_moe.tables import columns_of, markdown_table
 NOTE = (
     "The rows share one start (NumPyro's is the point the collapsed-jit chain starts at, after "
     "the mode search that only our rows' seconds count) and one machine; the load averages say "
-    "how idle it was. Figures reported for this protocol on an idle machine with one thread (not "
-    "reproduced here): Pyro NUTS 120 s (min ESS 84, 0.69 ESS/s), with `jit_compile=True` 51 s "
+    "how idle it was. For reference, the figures stated for this protocol on an idle machine "
+    "with one thread: Pyro NUTS 120 s (min ESS 84, 0.69 ESS/s), with `jit_compile=True` 51 s "
     "(2.2 ESS/s), NumPyro 0.22 12.0 s including compilation (12 ESS/s), 2.1 s once compiled "
     "(65 ESS/s)."
 )
@@ -236,6 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     bayes_numpyro.one_thread()
     start, load = time.perf_counter(), os.getloadavg()
+    threads = ", ".join(
+        f"{k}={os.environ.get(k, '(unset)')}" for k in ("OMP_NUM_THREADS", "XLA_FLAGS")
+    )
     x, y = two_expert_data(args.n, args.seed)
     x_test, y_test = two_expert_data(args.n, args.seed + 1)
     config = bayes.NutsConfig(
@@ -264,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
             f"# NUTS on a 2-expert Bayesian MoE ({args.n} points, one chain, {args.warmup} "
             f"warm-up + {args.samples} draws, one thread)",
             "",
-            f"Load average before / after: {load[0]:.2f} / {os.getloadavg()[0]:.2f}.",
+            f"Load average before / after: {load[0]:.2f} / {os.getloadavg()[0]:.2f}. Threads: "
+            f"torch {torch.get_num_threads()}, {threads}.",
             "",
             markdown_table(rows, columns_of(rows)),
             "",
