@@ -10,8 +10,11 @@ checked where they enter (:func:`pyro_moe.data.as_inputs` / :func:`~pyro_moe.dat
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import pyro
 import torch
 
 from pyro_moe.errors import ConfigError, DataError
@@ -125,3 +128,19 @@ def _check_split_targets(data: Any, y: torch.Tensor | None, rows: int, what: str
         raise DataError(
             f"{what}: class labels must lie in [0, {k}), got [{int(y.min())}, {int(y.max())}]"
         )
+
+
+@contextmanager
+def distribution_checks_off() -> Iterator[None]:
+    """Pyro's validation off (distribution arguments, supports, plate shapes) inside the block;
+    afterwards Pyro's flag *and* torch's default ``validate_args`` are as they were.
+
+    ``pyro.validation_enabled`` alone sets torch's default to Pyro's flag on exit, so a program
+    that had turned torch's checks off (Storchastic does on import) would find them on again.
+    """
+    torch_default = torch.distributions.Distribution._validate_args
+    try:
+        with pyro.validation_enabled(False):
+            yield
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(torch_default)

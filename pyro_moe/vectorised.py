@@ -34,11 +34,12 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import pyro
 import torch
 from pyro.poutine.messenger import Messenger
 from torch import nn
 from torch.func import functional_call, grad, vmap
+
+from pyro_moe.validation import distribution_checks_off
 
 #: (estimate, row) pairs per vectorised pass when the chunk is picked from the batch size
 ROWS_PER_PASS = 131_072
@@ -72,7 +73,7 @@ class _Objective(nn.Module):
         self.estimator, self.model, self.guide = estimator, model, guide
 
     def forward(self, *args: Any) -> torch.Tensor:
-        with PassParams(), pyro.validation_enabled(False), warnings.catch_warnings():
+        with PassParams(), distribution_checks_off(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pyro.module's "requires_grad=False" note per pass
             return self.estimator.loss(self.model.model, self.guide, *args)
 

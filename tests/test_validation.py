@@ -261,3 +261,32 @@ def test_every_data_set_refuses_bad_options_cleanly(name, options):
     except PyroMoeError:
         return
     check_dataset(data)  # accepted (e.g. a negative `split` point): still a valid data set
+
+
+@pytest.mark.parametrize("torch_default", [False, True])
+def test_sampled_estimators_leave_torch_validation_as_it_was(torch_default):
+    """A sampled estimator turns Pyro's checks off after its first call; torch's default
+    ``validate_args`` (which Storchastic, for one, turns off on import) must survive that."""
+    import pyro
+    from pyro.infer.util import is_validation_enabled
+
+    from pyro_moe.registry import ESTIMATORS
+    from pyro_moe.validation import distribution_checks_off
+    from pyro_moe.verification import moe_state
+
+    before = torch.distributions.Distribution._validate_args
+    pyro_before = is_validation_enabled()
+    try:
+        torch.distributions.Distribution.set_default_validate_args(torch_default)
+        with distribution_checks_off():
+            assert not is_validation_enabled()
+        assert torch.distributions.Distribution._validate_args is torch_default
+        model, guide, batch = moe_state("posterior")
+        estimator = ESTIMATORS["reinforce"]()
+        pyro.clear_param_store()
+        for _ in range(3):  # the first call validates, the later ones do not
+            estimator.loss(model.model, guide, *batch).backward()
+            assert torch.distributions.Distribution._validate_args is torch_default
+        assert is_validation_enabled() is pyro_before
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(before)

@@ -36,7 +36,6 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-import pyro
 import torch
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
@@ -44,6 +43,7 @@ from pyro.poutine.util import site_is_subsample
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.base import Estimator, value_with_gradient_of
 from pyro_moe.estimators.traces import ESTIMATES, PARTICLES, program_key, run_traces
+from pyro_moe.validation import distribution_checks_off
 
 DATA = "data"
 CLUSTER = "cluster"
@@ -182,7 +182,7 @@ class SampledEstimator(Estimator):
         ones (see the module docstring)."""
         key = program_key(model, guide)
         if key in self.validated:
-            return pyro.validation_enabled(False)
+            return distribution_checks_off()
         return _first_call(self.validated, key) if is_validation_enabled() else nullcontext()
 
     def costs(self, model, guide, num_estimates: int, *args: Any, **kwargs: Any) -> Costs:
