@@ -12,7 +12,6 @@ and ``--max-seconds`` of training at most.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -21,10 +20,9 @@ from dlgmm_tables import TimeBudget
 from matplotlib.figure import Figure
 from pyro_moe.models.dlgmm import DLGMM, NegativeELBO
 
-from pyro_moe.benchmarking import RESULTS, write_results
-from pyro_moe.cli import OneLineParser, one_line
+from pyro_moe.benchmarking import RESULTS, run_script, write_results
+from pyro_moe.cli import OneLineParser
 from pyro_moe.data import load_dataset
-from pyro_moe.errors import PyroMoeError
 from pyro_moe.registry import GUIDES
 from pyro_moe.train import TrainConfig, fit
 
@@ -107,8 +105,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except PyroMoeError as e:
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
-        sys.exit(2)
+    run_script(lambda: main(parse_args()))

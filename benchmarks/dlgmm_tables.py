@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,11 +32,10 @@ import torch
 from matplotlib.figure import Figure
 from pyro_moe.models.dlgmm import NegativeELBO
 
-from pyro_moe.benchmarking import RESULTS, write_results
-from pyro_moe.cli import OneLineParser, one_line
+from pyro_moe.benchmarking import RESULTS, run_script, write_results
+from pyro_moe.cli import OneLineParser
 from pyro_moe.data import load_dataset
 from pyro_moe.data.base import Split
-from pyro_moe.errors import PyroMoeError
 from pyro_moe.metrics import importance_log_likelihood, knn_error
 from pyro_moe.plots.clustering import latent_points, plot_cluster_samples
 from pyro_moe.registry import GUIDES, MODELS
@@ -306,8 +304,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except PyroMoeError as e:
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
-        sys.exit(2)
+    run_script(lambda: main(parse_args()))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,11 +39,10 @@ from pyro_moe.models.mixture_of_vaes import (
     subexpert_table,
 )
 
-from pyro_moe.benchmarking import RESULTS, fixed_budget, markdown_table, write_results
-from pyro_moe.cli import OneLineParser, one_line
+from pyro_moe.benchmarking import RESULTS, fixed_budget, markdown_table, run_script, write_results
+from pyro_moe.cli import OneLineParser
 from pyro_moe.data import load_dataset
 from pyro_moe.data.base import Split
-from pyro_moe.errors import PyroMoeError
 from pyro_moe.experiment import build_estimator
 from pyro_moe.plots.experts import plot_expert_samples, plot_expert_usage, plot_subexperts
 from pyro_moe.registry import GUIDES
@@ -252,8 +250,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except PyroMoeError as e:
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
-        sys.exit(2)
+    run_script(lambda: main(parse_args()))
