@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 DEMO := runs/demo
-# the suite runs in this many processes (pytest-xdist): one per core of a 2-core machine
+# the suite runs in this many processes (pytest-xdist): one per core of a 2-core machine, each
+# with one torch thread (two threads per worker on two cores doubled the suite's wall time)
 TEST_WORKERS ?= 2
 DEMO_TRAIN := train moe --data bishop -K 3 -o gate=mlp --epochs 200 --batch-size 100 \
 	--lr 0.02 --patience 40 --overwrite
@@ -38,7 +39,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # every benchmark script's quick version (the smoke arguments of tests/test_scripts.py), writing
 # into temporary folders; the full protocols are `python benchmarks/NAME.py` (see each docstring)
