@@ -408,6 +408,12 @@ def collect_cut(folder: Path, out: Path) -> None:
         atomic_write_json(path, record)
 
 
+def curve_values(records: list[dict[str, Any]], key: str) -> list[float]:
+    """Every value of ``key`` recorded in the learning curves of ``records`` (epochs without it
+    are left out)."""
+    return [c[key] for r in records for c in r["curve"] if key in c]
+
+
 def stored_versions(config: Path) -> dict[str, str]:
     """The ``versions`` a run folder's config.json recorded (empty if none)."""
     versions_ = json.loads(config.read_text()).get("versions")
@@ -418,8 +424,7 @@ def run_device(record: dict[str, Any]) -> str:
     """A run's device, with the range of processes that shared its GPU and of the 1-minute
     load average over its epochs."""
     device = record["device"] if record.get("cut") else record["machine"].get("device", "cpu")
-    shared = [c["gpu_processes"] for c in record["curve"] if "gpu_processes" in c]
-    loads = [c["load"] for c in record["curve"] if "load" in c]
+    shared, loads = curve_values([record], "gpu_processes"), curve_values([record], "load")
     if shared:
         device += f", {min(shared)}..{max(shared)} GPU processes"
     if loads:
@@ -503,7 +508,7 @@ def table_row(records: list[dict[str, Any]]) -> dict[str, Any]:
     published = MATCH.get(first["estimator"])
     loads = [r["machine"]["start"]["load_average"][0] for r in records]
     loads += [r["machine"]["end"]["load_average"][0] for r in records]
-    loads += [c["load"] for r in records for c in r["curve"] if "load" in c]
+    loads += curve_values(records, "load")
     return {
         "estimator": first["estimator"],
         "seeds": ",".join(str(r["seed"]) for r in records),
@@ -525,7 +530,7 @@ def table_row(records: list[dict[str, Any]]) -> dict[str, Any]:
 def device_column(records: list[dict[str, Any]]) -> str:
     """CPU, or the GPU's name with the range of processes that shared it during training."""
     gpus = sorted({r["machine"]["start"].get("gpu", "CPU") for r in records})
-    shared = [c["gpu_processes"] for r in records for c in r["curve"] if "gpu_processes" in c]
+    shared = curve_values(records, "gpu_processes")
     share = f" ({min(shared)}..{max(shared)} processes)" if shared else ""
     return "/".join(gpus) + share
 

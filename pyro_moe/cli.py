@@ -238,6 +238,11 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
         "measurement, e.g. rloo.num_particles=4 or enum.fast=false (repeatable)",
     )
     p.add_argument("--num-estimates", type=int, default=200, help="harness estimates")
+    _add_output_arguments(p)
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """--out, --overwrite, --no-figures and --quiet, as the comparison commands share them."""
     p.add_argument("--out", required=True, type=Path)
     p.add_argument(
         "--overwrite",
@@ -268,14 +273,7 @@ def _add_bayes_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="model option")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an earlier comparison in --out (only the files pyro-moe wrote)",
-    )
-    p.add_argument("--no-figures", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_output_arguments(p)
 
 
 def cmd_bayes(args: argparse.Namespace) -> int:
