@@ -27,14 +27,19 @@ import copy
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from pyro_moe.models.dmvae import DMVAE
-from pyro_moe.models.vade import VaDE, lr_step_decay, pretrain_and_init
+from pyro_moe.models.gmm import fit_em
+from pyro_moe.models.vade import PRIOR_INITS, VaDE, lr_step_decay, pretrain_and_init
+from sklearn.cluster import KMeans
 
 from pyro_moe import metrics
-from pyro_moe.benchmarking import RESULTS, fixed_budget, markdown_table, write_results
+from pyro_moe.benchmarking import RESULTS, fixed_budget, markdown_table, run_script, write_results
+from pyro_moe.checkpoint import load_checkpoint, load_module_state, save_checkpoint
 from pyro_moe.cli import OneLineParser
 from pyro_moe.data import load_dataset
+from pyro_moe.errors import DataError
 from pyro_moe.experiment import build_estimator
 from pyro_moe.registry import GUIDES
 from pyro_moe.train import fit
@@ -54,6 +59,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--name", default="clustering_mnist", help="results file name")
+    p.add_argument(
+        "--assemble",
+        default=None,
+        help="only build NAME.md from the per-run files in this folder (pretrain_seed*, "
+        "vade_seed*, dmvae_seed*.json)",
+    )
     return p.parse_args()
 
 
@@ -64,6 +75,15 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
     p.add_argument("--ae-noise", type=float, default=0.2, help="denoising AE input dropout")
     p.add_argument("--gmm-restarts", type=int, default=5, help="EM restarts for the prior init")
+    p.add_argument(
+        "--init",
+        default="umap",
+        choices=PRIOR_INITS,
+        help="prior start (EM or N2D)",
+    )
+    p.add_argument("--autoencoder", default=None, help="start from this pretrained autoencoder")
+    p.add_argument("--save-autoencoder", default=None, help="write the pretrained autoencoder")
+    p.add_argument("--pretrain-only", action="store_true", help="stop after the prior's start")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -74,6 +94,16 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster-net-epochs", type=int, default=5, help="DMVAE q(c|x) warm start")
 
 
+INIT_TEXT = {
+    "gmm": lambda a: f"diagonal GMM init (best of {a.gmm_restarts} EM restarts)",
+    "gmm-full": lambda a: (
+        f"full-covariance GMM init (best of {a.gmm_restarts} EM restarts, moment-matched "
+        "diagonal prior)"
+    ),
+    "umap": lambda a: "N2D init (UMAP to 10 dims, full GMM, moment-matched diagonal prior)",
+}
+
+
 def recipe_text(args: argparse.Namespace) -> str:
     """One sentence describing the recipe that ran."""
     minutes = getattr(args, "pretrain_minutes", None)
@@ -81,8 +111,8 @@ def recipe_text(args: argparse.Namespace) -> str:
     return (
         f"hidden {args.hidden}, latent {args.latent_dim}; denoising AE pretraining "
         f"{args.pretrain_epochs} epochs{pretrain_cut} (input dropout {args.ae_noise}, batch "
-        f"{args.pretrain_batch_size}, Adam lr {args.pretrain_lr}), diagonal GMM init (best of "
-        f"{args.gmm_restarts} EM restarts), then up to {args.epochs} ELBO epochs (enum), batch "
+        f"{args.pretrain_batch_size}, Adam lr {args.pretrain_lr}), {INIT_TEXT[args.init](args)}, "
+        f"then up to {args.epochs} ELBO epochs (enum), batch "
         f"{args.batch_size}, Adam lr {args.lr} times {args.lr_decay} every {args.decay_every} "
         f"epochs" + (f", each run cut at {args.budget_minutes} min" if args.budget_minutes else "")
     )
@@ -208,43 +238,169 @@ def report(args, data, results, started, out) -> None:
 
 
 def pretrain_models(data, args, seed: int, names: str = "vade,dmvae", **options) -> tuple:
-    """The recipe up to the ELBO: build VaDE, pretrain it (denoising AE + GMM init), and give
-    DMVAE the same networks and prior (its q(c|x) network warm-started on the GMM). Returns
-    ``({name: model}, {"pretrain_seconds", "pretrain_losses", "gmm_init": scores})``."""
+    """The recipe up to the ELBO: build VaDE, pretrain it (denoising AE, or load ``--autoencoder``)
+    and start its prior (``--init``), and give DMVAE the same networks and prior (its q(c|x)
+    network warm-started on the start's responsibilities; ``dmvae_start`` scores it). Returns
+    ``({name: model}, info)``; ``info`` holds the pretraining's losses and seconds and the
+    start's scores on every training row: ``gmm_init``
+    (VaDE's p(c | z = mu(x)) under the started prior), ``start_clusters`` (the init's own clusters)
+    and, on mu(x), ``kmeans_embedding`` (10 restarts) and ``gmm_diag_embedding`` /
+    ``gmm_full_embedding`` (EM, ``--gmm-restarts`` restarts)."""
     torch.manual_seed(seed)
     vade = VaDE(data.input_dim, **options)
+    x, labels = data.train.x, data.train.labels
     start = time.perf_counter()
-    init = pretrain_and_init(
-        vade,
-        data.train.x,
-        epochs=args.pretrain_epochs,
-        batch_size=args.pretrain_batch_size,
-        lr=args.pretrain_lr,
-        seed=seed,
-        n_init=args.gmm_restarts,
-        noise=args.ae_noise,
-        max_seconds=args.pretrain_minutes * 60 if args.pretrain_minutes else None,
-    )
+    if getattr(args, "autoencoder", None):
+        state = load_checkpoint(args.autoencoder, required=("model",))["model"]
+        load_module_state(vade, state, "autoencoder", args.autoencoder)
+        init = {"pretrain_losses": [], **vade.init_prior(x, seed, args.gmm_restarts, args.init)}
+    else:
+        init = pretrain_and_init(
+            vade,
+            x,
+            epochs=args.pretrain_epochs,
+            batch_size=args.pretrain_batch_size,
+            lr=args.pretrain_lr,
+            seed=seed,
+            n_init=args.gmm_restarts,
+            noise=args.ae_noise,
+            max_seconds=args.pretrain_minutes * 60 if args.pretrain_minutes else None,
+            init=args.init,
+        )
+    if getattr(args, "save_autoencoder", None):
+        save_checkpoint(args.save_autoencoder, {"model": vade.state_dict()})
+    z = vade.embed(x).numpy()
+    kmeans = KMeans(vade.num_components, n_init=10, random_state=seed).fit(z)
+    em = {c: fit_em(z, vade.num_components, c, seed, args.gmm_restarts) for c in ("diag", "full")}
     info = {
         "pretrain_seconds": round(time.perf_counter() - start, 1),
         "pretrain_losses": init["pretrain_losses"],
         "pretrain_epochs_run": len(init["pretrain_losses"]),
-        "gmm_init": metrics.clustering_scores(
-            data.train.labels, vade.predict_cluster(data.train.x)
-        ),
+        "gmm_init": metrics.clustering_scores(labels, vade.predict_cluster(x)),
+        "start_clusters": metrics.clustering_scores(labels, init["labels"]),
+        "kmeans_embedding": metrics.clustering_scores(labels, kmeans.labels_),
+        **{
+            f"gmm_{c}_embedding": metrics.clustering_scores(labels, gmm.predict(z))
+            for c, gmm in em.items()
+        },
     }
     models = {"vade": vade}
     if "dmvae" in names:
         dmvae = DMVAE(data.input_dim, **options)
         state = {k: v for k, v in vade.state_dict().items() if k != "pi_logits"}
         dmvae.load_state_dict(state, strict=False)
-        dmvae.init_cluster_net(data.train.x, seed=seed, epochs=args.cluster_net_epochs)
+        dmvae.init_cluster_net(x, seed, args.cluster_net_epochs, targets=init["resp"])
+        info["dmvae_start"] = metrics.clustering_scores(labels, dmvae.predict_cluster(x))
         models["dmvae"] = dmvae
     return copy.deepcopy(models), info
 
 
+START_ROWS = {
+    "kmeans_embedding": "k-means on mu(x)",
+    "gmm_diag_embedding": "diagonal GMM on mu(x)",
+    "gmm_full_embedding": "full GMM on mu(x)",
+    "start_clusters": "the init's own clusters",
+    "gmm_init": "VaDE's p(c\\|z) at the start",
+    "dmvae_start": "DMVAE's q(c\\|x) at the start",
+}
+
+
+def mean_spread(values: list[float]) -> str:
+    """``mean +- sd (n)`` (sample standard deviation; just the value for one)."""
+    if len(values) == 1:
+        return f"{values[0]:.4f} (1)"
+    return f"{np.mean(values):.4f} +- {np.std(values, ddof=1):.4f} ({len(values)})"
+
+
+def assemble(folder: Path, out: Path, name: str) -> None:
+    """The table over seeds from the per-run result files in ``folder``: the starts (pretraining
+    only) and the ELBO runs, mean and spread, best seed, and a learning-curve figure."""
+    import json
+
+    runs = {}
+    for path in sorted(folder.glob("*_seed*.json")):
+        kind, seed = path.stem.rsplit("_seed", 1)
+        runs.setdefault(kind, {})[int(seed)] = json.loads(path.read_text())
+    if not runs:
+        raise DataError(f"no per-run result files (*_seed*.json) in {folder}")
+    starts = {**runs.get("pretrain", {})}
+    for kind in ("vade", "dmvae"):
+        for seed, record in runs.get(kind, {}).items():
+            starts.setdefault(seed, record)
+    start_rows = [
+        {
+            "start": label,
+            "accuracy": mean_spread([r["results"][key]["accuracy"] for r in starts.values()]),
+            "seeds": ", ".join(str(s) for s, r in starts.items() if key in r["results"]),
+        }
+        for key, label in START_ROWS.items()
+        if all(key in r["results"] for r in starts.values())
+    ]
+    model_rows, curves = [], {}
+    for kind in ("vade", "dmvae"):
+        done = {
+            s: r["results"][kind] for s, r in runs.get(kind, {}).items() if kind in r["results"]
+        }
+        if not done:
+            continue
+        accuracy = [d["accuracy"] for d in done.values()]
+        model_rows.append(
+            {
+                "model": kind,
+                "accuracy": mean_spread(accuracy),
+                "best seed": f"{max(accuracy):.4f}",
+                "nmi": mean_spread([d["nmi"] for d in done.values()]),
+                "ari": mean_spread([d["ari"] for d in done.values()]),
+                "epochs": ", ".join(str(d["epochs"]) for d in done.values()),
+                "train s": ", ".join(f"{d['train_seconds']:.0f}" for d in done.values()),
+                "q(c\\|x) s / 10k": mean_spread([d["qc_seconds_per_10k"] for d in done.values()]),
+                "published": PUBLISHED.get(kind, ""),
+            }
+        )
+        curves[kind] = {s: [c["accuracy"] for c in d["curve"]] for s, d in done.items()}
+    figure = plot_curves(curves, out / f"{name}.png") if curves else None
+    commands = "\n".join(f"- `{r['command']}`" for k in runs.values() for r in k.values())
+    machines = sorted({r["machine"] for k in runs.values() for r in k.values()})
+    md = (
+        "# Deep clustering of MNIST: VaDE vs DMVAE over seeds\n\n"
+        "Every score is on all 70,000 MNIST images. Accuracy: mean +- sample sd (number of "
+        "seeds).\n\n## The start (before any ELBO epoch)\n\n"
+        f"{markdown_table(start_rows, ['start', 'accuracy', 'seeds'])}\n\n"
+        "## After the ELBO\n\n"
+        + (markdown_table(model_rows, list(model_rows[0])) if model_rows else "(no ELBO runs)")
+        + (f"\n\n![learning curves]({figure.name})" if figure else "")
+        + f"\n\nPublished: VaDE 94.46% accuracy (Jiang et al. 2017, Table 2).\n\n"
+        f"Runs ({len(machines)} machine description(s): {'; '.join(machines)}):\n\n{commands}\n"
+    )
+    results = {"starts": start_rows, "models": model_rows, "curves": curves}
+    write_results(name, seed=-1, wall_seconds=0.0, results=results, markdown=md, out_dir=out)
+
+
+def plot_curves(curves: dict[str, dict[int, list[float]]], path: Path) -> Path:
+    """Accuracy on the 10k held-out images after each ELBO epoch, one line per model and seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (kind, by_seed), colour in zip(curves.items(), ("C0", "C1"), strict=False):
+        for seed, values in by_seed.items():
+            ax.plot(range(1, len(values) + 1), values, color=colour, label=f"{kind} seed {seed}")
+    ax.axhline(PUBLISHED["vade"], color="grey", ls="--", label="VaDE published")
+    ax.set(xlabel="ELBO epoch", ylabel="clustering accuracy", title="MNIST, held-out 10k")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     args = parse_args()
+    if args.assemble:
+        assemble(Path(args.assemble), Path(args.out), args.name)
+        return
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     out = Path(args.out)
@@ -259,6 +415,8 @@ def main() -> None:
     models, results = pretrain_models(data, args, args.seed, args.models, **options)
     print("pretrained", results, flush=True)
     report(args, data, results, started, out)
+    if args.pretrain_only:
+        return
     for name in args.models.split(","):
         results[name] = train_one(name, models[name], data, args)
         report(args, data, results, started, out)
@@ -266,4 +424,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

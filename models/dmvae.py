@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from pyro_moe.models.vade import VaDE
 from pyro_moe.models.vae import parse_sizes
 
+from pyro_moe.errors import ConfigError
 from pyro_moe.nn import mlp
 from pyro_moe.registry import MODELS
 
@@ -65,6 +66,7 @@ class DMVAE(VaDE):
         activation: str = "relu",
         min_scale: float = 1e-3,
         pretrain_epochs: int = 0,
+        pretrain_init: str = "umap",
     ) -> None:
         sizes = parse_sizes(cluster_hidden if cluster_hidden is not None else hidden)
         super().__init__(
@@ -78,6 +80,7 @@ class DMVAE(VaDE):
             activation=activation,
             min_scale=min_scale,
             pretrain_epochs=pretrain_epochs,
+            pretrain_init=pretrain_init,
         )
         self.cluster_net = mlp([input_dim, *sizes, self.num_components], activation)
 
@@ -92,10 +95,13 @@ class DMVAE(VaDE):
         epochs: int = 5,
         batch_size: int = 256,
         min_steps: int = 300,
+        targets: torch.Tensor | None = None,
     ) -> list[float]:
-        """Warm start of q(c|x): fit g to the initial prior's p(c | z = mu(x)) by cross-entropy
-        (after :meth:`init_prior_from_gmm`), for ``epochs`` epochs and at least ``min_steps``
-        steps; returns the mean loss of each epoch. Without it (or with a short one) q(c|x)
+        """Warm start of q(c|x): fit g by cross-entropy to ``targets`` [N, K] (cluster
+        probabilities, e.g. the responsibilities of the start's own clustering, the ``"resp"`` of
+        :meth:`init_prior`) or, without them, to the initial prior's p(c | z = mu(x)) (after
+        :meth:`init_prior`), for ``epochs`` epochs and at least ``min_steps`` steps; returns the
+        mean loss of each epoch. Without it (or with a short one) q(c|x)
         starts near uniform, every cluster's prior is pulled to the same place and q(c|x)
         collapses onto one cluster (measured on digits: accuracy 0.12 vs 0.67 with it)."""
         with torch.no_grad():
@@ -105,6 +111,12 @@ class DMVAE(VaDE):
                     for i in range(0, len(x), 4096)
                 ]
             )
+        if targets is not None:
+            target = torch.as_tensor(targets, dtype=target.dtype)
+            if target.shape != (len(x), self.num_components):
+                raise ConfigError(
+                    f"targets must be [{len(x)}, {self.num_components}], got {tuple(target.shape)}"
+                )
         optimizer = torch.optim.Adam(self.cluster_net.parameters(), lr=1e-3)
         generator = torch.Generator().manual_seed(seed)
         batch_size = min(batch_size, len(x))

@@ -17,7 +17,7 @@ With ``enum`` the sum over c is done exactly, so the ELBO per point is
 
 Recipe (paper): pretrain encoder mean and decoder as an autoencoder
 (:meth:`~pyro_moe.models.vae.VAE.pretrain_autoencoder`), then fit a diagonal GMM to the embedded
-data and start the prior (pi, mu, sigma) there (:meth:`VaDE.init_prior_from_gmm`);
+data and start the prior (pi, mu, sigma) there (:meth:`VaDE.init_prior`);
 :func:`pretrain_and_init` does both. On MNIST the paper uses 784-500-500-2000-10. With the option
 ``pretrain_epochs > 0`` a run does it as its first step (:meth:`VaDE.pretrain`, the run's seed),
 recorded in the checkpoint and not repeated by a resume.
@@ -44,8 +44,12 @@ from torch import nn
 
 from pyro_moe.base import check_num_components
 from pyro_moe.gate import select
+from pyro_moe.manifold import manifold_clusters, moment_matched_mixture
 from pyro_moe.registry import MODELS
-from pyro_moe.validation import check_int, check_number
+from pyro_moe.validation import check_choice, check_int, check_number
+
+#: how :meth:`VaDE.init_prior` starts the prior from the embedding
+PRIOR_INITS = ("gmm", "gmm-full", "umap")
 
 
 class MixturePrior:
@@ -122,9 +126,11 @@ class VaDE(MixturePrior, VAE):
         activation: str = "relu",
         min_scale: float = 1e-3,
         pretrain_epochs: int = 0,
+        pretrain_init: str = "umap",
     ) -> None:
         k = check_num_components(num_components)
         check_int("pretrain_epochs", pretrain_epochs, minimum=0)
+        check_choice("pretrain_init", pretrain_init, PRIOR_INITS)
         super().__init__(
             input_dim,
             output_dim,
@@ -136,6 +142,7 @@ class VaDE(MixturePrior, VAE):
             min_scale=min_scale,
         )
         self.num_components, self.pretrain_epochs = k, pretrain_epochs
+        self.pretrain_init = pretrain_init
         self.init_mixture_prior(torch.randn(k, latent_dim), torch.zeros(k, latent_dim))
 
     def pretrain(self, x: torch.Tensor, seed: int) -> dict[str, Any] | None:
@@ -145,10 +152,12 @@ class VaDE(MixturePrior, VAE):
         log-likelihood on the embedding."""
         if self.pretrain_epochs == 0:
             return None
-        done = pretrain_and_init(self, x, epochs=self.pretrain_epochs, seed=seed)
+        done = pretrain_and_init(
+            self, x, epochs=self.pretrain_epochs, seed=seed, noise=0.2, init=self.pretrain_init
+        )
         return {
             "autoencoder_losses": [float(v) for v in done["pretrain_losses"]],
-            "gmm_log_likelihood": float(done["gmm"].score(self.embed(x).cpu().numpy())),
+            "gmm_log_likelihood": self.embedding_log_likelihood(x),
         }
 
     # --- prior --------------------------------------------------------------------------------
@@ -171,7 +180,7 @@ class VaDE(MixturePrior, VAE):
             ]
         return torch.cat(parts)
 
-    def init_cluster_net(self, x: torch.Tensor, seed: int = 0) -> list[float]:
+    def init_cluster_net(self, x: torch.Tensor, seed: int = 0, **options: Any) -> list[float]:
         """Warm start of a separate q(c|x) network from the initial prior (DMVAE has one);
         VaDE's q(c|x) is p(c|z), so nothing to do: returns no losses."""
         return []
@@ -194,22 +203,58 @@ class VaDE(MixturePrior, VAE):
             return {}
         return metrics.clustering_scores(y, self.predict_cluster(x))
 
-    # --- GMM initialisation -------------------------------------------------------------------
+    # --- initialisation of the prior ---------------------------------------------------------
     @torch.no_grad()
-    def init_prior_from_gmm(self, x: torch.Tensor, seed: int = 0, n_init: int = 1):
-        """Fit a diagonal GMM (scikit-learn EM) to mu(x) and copy it into the prior (pi, mu_k,
-        sigma_k); returns the fitted scikit-learn model."""
+    def init_prior(
+        self, x: torch.Tensor, seed: int = 0, n_init: int = 1, init: str = "gmm"
+    ) -> dict[str, Any]:
+        """Start the prior (pi, mu_k, sigma_k) from the embedding mu(x).
+
+        ``init="gmm"`` (Jiang et al.): a diagonal GMM fitted by scikit-learn's EM, best of
+        ``n_init`` restarts, copied as it is. ``init="gmm-full"``: a full-covariance GMM (EM,
+        ``n_init`` restarts) whose responsibilities are moment-matched into a diagonal mixture
+        (:func:`pyro_moe.manifold.moment_matched_mixture`), so the clusters come from the full
+        fit and the prior keeps VaDE's diagonal form. ``init="umap"`` (N2D, McConville et al.):
+        the responsibilities of a full GMM on the embedding's UMAP manifold
+        (:func:`pyro_moe.manifold.manifold_clusters`), moment-matched the same way. Returns
+        ``{"init", "labels", "resp"}``: the start's own cluster of every row (its GMM's argmax)
+        and its responsibilities ``[N, K]``."""
+        check_choice("init", init, PRIOR_INITS)
         z = self.embed(x)
-        gmm = fit_em(z, self.num_components, "diag", seed=seed, n_init=n_init)
+        if init == "gmm":
+            gmm = fit_em(z, self.num_components, "diag", seed=seed, n_init=n_init)
+            weights, means, variances = gmm.weights_, gmm.means_, gmm.covariances_
+            resp = gmm.predict_proba(z.cpu().numpy().astype(np.float64))
+        else:
+            if init == "gmm-full":
+                gmm = fit_em(z, self.num_components, "full", seed=seed, n_init=n_init)
+                resp = gmm.predict_proba(z.cpu().numpy().astype(np.float64))
+            else:
+                resp = manifold_clusters(z, self.num_components, seed=seed)
+            weights, means, variances = moment_matched_mixture(z, resp)
+        self.set_prior(weights, means, np.sqrt(variances))
+        return {"init": init, "labels": resp.argmax(1), "resp": resp}
+
+    @torch.no_grad()
+    def set_prior(self, weights: Any, means: Any, scales: Any) -> None:
+        """Copy a diagonal mixture into the prior: pi (when learned) from ``weights`` [K], mu_k
+        from ``means`` [K, L], sigma_k from ``scales`` [K, L]; q(z|x) starts at a tenth of the
+        mean scale (:meth:`narrow_posterior`)."""
         like = self.prior_loc
         if self.learn_weights:
-            weights = torch.as_tensor(gmm.weights_, dtype=like.dtype)
-            self.pi_logits.copy_(torch.log(weights.clamp_min(1e-6)))
-        self.prior_loc.copy_(torch.as_tensor(gmm.means_, dtype=like.dtype))
-        scale = torch.as_tensor(np.sqrt(gmm.covariances_), dtype=like.dtype)
+            w = torch.as_tensor(np.asarray(weights), dtype=like.dtype)
+            self.pi_logits.copy_(torch.log(w.clamp_min(1e-6)))
+        self.prior_loc.copy_(torch.as_tensor(np.asarray(means), dtype=like.dtype))
+        scale = torch.as_tensor(np.asarray(scales), dtype=like.dtype)
         self.raw_prior_scale.copy_(softplus_inverse((scale - self.min_scale).clamp_min(1e-4)))
         self.narrow_posterior(scale.mean(0) / 10)
-        return gmm
+
+    @torch.no_grad()
+    def embedding_log_likelihood(self, x: torch.Tensor) -> float:
+        """Mean log-likelihood of the embedding under the prior mixture,
+        (1/N) sum_n log sum_k pi_k N(mu(x_n) | mu_k, sigma_k^2)."""
+        z = self.embed(x)
+        return float(torch.logsumexp(self.joint_latent_log_prob(z), -1).mean())
 
     @torch.no_grad()
     def narrow_posterior(self, scale: torch.Tensor) -> None:
@@ -232,12 +277,15 @@ def pretrain_and_init(
     n_init: int = 1,
     noise: float = 0.0,
     max_seconds: float | None = None,
+    init: str = "umap",
 ) -> dict[str, Any]:
-    """The paper's recipe before the ELBO: autoencoder pretraining (denoising with input-dropout
-    rate ``noise``), then GMM initialisation of the prior from the best of ``n_init`` EM restarts
-    (highest likelihood), and, for models with a q(c|x) network, its warm start from the GMM;
-    ``max_seconds`` cuts the pretraining (:meth:`~pyro_moe.models.vae.VAE.pretrain_autoencoder`).
-    Returns ``{"pretrain_losses": [...], "gmm": fitted scikit-learn model}``."""
+    """The recipe before the ELBO: autoencoder pretraining (denoising with input-dropout rate
+    ``noise``), then the prior's start (:meth:`VaDE.init_prior`: ``init="gmm"``, the paper's EM
+    with ``n_init`` restarts, or ``"umap"``, N2D's manifold clusters), and, for models with a
+    q(c|x) network, its warm start from the prior; ``max_seconds`` cuts the pretraining
+    (:meth:`~pyro_moe.models.vae.VAE.pretrain_autoencoder`); a q(c|x) network is fitted to the
+    start's responsibilities. Returns ``{"pretrain_losses": [...]}`` joined with what
+    :meth:`VaDE.init_prior` returns."""
     torch.manual_seed(seed)
     losses = model.pretrain_autoencoder(
         x,
@@ -248,9 +296,9 @@ def pretrain_and_init(
         noise=noise,
         max_seconds=max_seconds,
     )
-    gmm = model.init_prior_from_gmm(x, seed=seed, n_init=n_init)
-    model.init_cluster_net(x, seed=seed)
-    return {"pretrain_losses": losses, "gmm": gmm}
+    start = model.init_prior(x, seed=seed, n_init=n_init, init=init)
+    model.init_cluster_net(x, seed=seed, targets=start["resp"])
+    return {"pretrain_losses": losses, **start}
 
 
 def lr_step_decay(factor: float = 0.9, every: int = 10, floor: float = 2e-4):

@@ -21,7 +21,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import Any
 
@@ -159,10 +159,14 @@ class VAE(PyroModel):
         seed: int = 0,
         noise: float = 0.0,
         max_seconds: float | None = None,
+        optimizer_state: dict | None = None,
+        on_epoch: Callable[[int, float, torch.optim.Optimizer], None] | None = None,
     ) -> list[float]:
         """Train encoder mean and decoder as an autoencoder (VaDE's pretraining) with Adam;
         ``noise``: the input-dropout rate of a denoising autoencoder (0: plain); ``max_seconds``:
-        stop before an epoch that would end past this wall time (at the mean epoch time so far).
+        stop before an epoch that would end past this wall time (at the mean epoch time so far);
+        ``optimizer_state``: Adam's state from an earlier call (a resumed pretraining);
+        ``on_epoch(epoch, loss, optimizer)``: called after each epoch (checkpoints, probes).
         Returns the mean training loss of each epoch (fewer than ``epochs`` if cut)."""
         check_positive_int("epochs", epochs)
         check_positive_int("batch_size", batch_size)
@@ -172,6 +176,8 @@ class VAE(PyroModel):
             raise ConfigError(f"noise must be in [0, 1), got {noise!r}")
         params = list(self.encoder.parameters()) + list(self.decoder.parameters())
         optimizer = torch.optim.Adam(params, lr=lr)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
         generator = torch.Generator().manual_seed(seed)
         batch_size = min(batch_size, len(x))
         losses, began = [], perf_counter()
@@ -189,6 +195,8 @@ class VAE(PyroModel):
                 optimizer.step()
                 total, count = total + loss.item(), count + 1
             losses.append(total / max(count, 1))
+            if on_epoch is not None:
+                on_epoch(epoch, losses[-1], optimizer)
         return losses
 
     def embed(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:

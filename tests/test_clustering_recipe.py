@@ -1,0 +1,70 @@
+"""The MNIST clustering benchmark's per-seed pieces: a pretraining-only run records every start
+(k-means, diagonal / full GMM, the init's clusters, VaDE's and DMVAE's starts), and --assemble
+builds the table over seeds with a mean and sample spread computed as written here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "clustering_mnist.py"
+SMALL = [
+    *("--data", "digits", "--limit", "240", "--hidden", "16", "--latent-dim", "4"),
+    *("--pretrain-epochs", "2", "--epochs", "1", "--batch-size", "40", "--gmm-restarts", "1"),
+]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(SCRIPT), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def per_seed(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("runs")
+    ae = folder / "ae.pt"
+    for seed in ("0", "1"):
+        done = run(*SMALL, "--seed", seed, "--pretrain-only", "--out", str(folder),
+                   "--name", f"pretrain_seed{seed}", "--save-autoencoder", str(ae))  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+    done = run(*SMALL, "--seed", "1", "--models", "vade", "--autoencoder", str(ae),
+               "--out", str(folder), "--name", "vade_seed1")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return folder
+
+
+def test_a_pretraining_run_records_every_start(per_seed):
+    results = json.loads((per_seed / "pretrain_seed0.json").read_text())["results"]
+    for key in ("kmeans_embedding", "gmm_diag_embedding", "gmm_full_embedding"):
+        assert 0.0 < results[key]["accuracy"] <= 1.0
+    for key in ("start_clusters", "gmm_init", "dmvae_start"):
+        assert 0.0 < results[key]["accuracy"] <= 1.0
+    assert results["pretrain_epochs_run"] == 2 and "vade" not in results
+
+
+def test_assemble_gives_mean_and_sample_spread_over_seeds(per_seed, tmp_path):
+    done = run("--assemble", str(per_seed), "--out", str(tmp_path), "--name", "table")
+    assert done.returncode == 0, done.stderr[-2000:]
+    starts = [
+        json.loads((per_seed / f"pretrain_seed{s}.json").read_text())["results"]["start_clusters"]
+        for s in (0, 1)
+    ]
+    values = [s["accuracy"] for s in starts]
+    expected = f"{np.mean(values):.4f} +- {np.std(values, ddof=1):.4f} (2)"
+    md = (tmp_path / "table.md").read_text()
+    assert f"| the init's own clusters | {expected} | 0, 1 |" in md
+    vade = json.loads((per_seed / "vade_seed1.json").read_text())["results"]["vade"]
+    assert f"| vade | {vade['accuracy']:.4f} (1) |" in md
+    assert (tmp_path / "table.png").is_file()
+
+
+def test_assemble_of_an_empty_folder_is_one_line_and_status_2(tmp_path):
+    done = run("--assemble", str(tmp_path), "--out", str(tmp_path))
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "no per-run result files" in done.stderr
