@@ -36,3 +36,22 @@ def test_no_growth_over_training(estimator, guide):
     assert max(tensors) == min(tensors), f"live tensors grew: {tensors}"
     rss = [r for _, r in samples[1:]]
     assert rss[-1] - rss[0] < 32, f"resident memory grew: {rss}"
+
+
+def test_live_tensors_counts_past_a_dead_weak_proxy():
+    """A weak proxy whose referent is gone (numba leaves such proxies behind) must not stop the
+    count: ``isinstance`` on it raises ReferenceError."""
+    import weakref
+
+    import torch
+
+    class Referent:
+        pass
+
+    referent = Referent()
+    proxy = weakref.proxy(referent)
+    del referent
+    before = live_tensors()
+    kept = [torch.zeros(1), torch.ones(2)]
+    assert live_tensors() == before + len(kept)
+    assert proxy is not None
