@@ -206,7 +206,7 @@ class VaDE(MixturePrior, VAE):
     # --- initialisation of the prior ---------------------------------------------------------
     @torch.no_grad()
     def init_prior(
-        self, x: torch.Tensor, seed: int = 0, n_init: int = 1, init: str = "gmm"
+        self, x: torch.Tensor, seed: int = 0, n_init: int = 5, init: str = "gmm"
     ) -> dict[str, Any]:
         """Start the prior (pi, mu_k, sigma_k) from the embedding mu(x).
 
@@ -215,8 +215,8 @@ class VaDE(MixturePrior, VAE):
         ``n_init`` restarts) whose responsibilities are moment-matched into a diagonal mixture
         (:func:`pyro_moe.manifold.moment_matched_mixture`), so the clusters come from the full
         fit and the prior keeps VaDE's diagonal form. ``init="umap"`` (N2D, McConville et al.):
-        the responsibilities of a full GMM on the embedding's UMAP manifold
-        (:func:`pyro_moe.manifold.manifold_clusters`), moment-matched the same way. Returns
+        the responsibilities of a full GMM (best of ``n_init`` restarts) on the embedding's UMAP
+        manifold (:func:`pyro_moe.manifold.manifold_clusters`), moment-matched the same way. Returns
         ``{"init", "labels", "resp"}``: the start's own cluster of every row (its GMM's argmax)
         and its responsibilities ``[N, K]``."""
         check_choice("init", init, PRIOR_INITS)
@@ -230,7 +230,7 @@ class VaDE(MixturePrior, VAE):
                 gmm = fit_em(z, self.num_components, "full", seed=seed, n_init=n_init)
                 resp = gmm.predict_proba(z.cpu().numpy().astype(np.float64))
             else:
-                resp = manifold_clusters(z, self.num_components, seed=seed)
+                resp = manifold_clusters(z, self.num_components, seed=seed, n_init=n_init)
             weights, means, variances = moment_matched_mixture(z, resp)
         self.set_prior(weights, means, np.sqrt(variances))
         return {"init": init, "labels": resp.argmax(1), "resp": resp}
@@ -274,7 +274,7 @@ def pretrain_and_init(
     batch_size: int = 256,
     lr: float = 1e-3,
     seed: int = 0,
-    n_init: int = 1,
+    n_init: int = 5,
     noise: float = 0.0,
     max_seconds: float | None = None,
     init: str = "umap",
