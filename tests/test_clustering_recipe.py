@@ -51,9 +51,10 @@ def test_a_pretraining_run_records_every_start(per_seed):
 def test_assemble_gives_mean_and_sample_spread_over_seeds(per_seed, tmp_path):
     done = run("--assemble", str(per_seed), "--out", str(tmp_path), "--name", "table")
     assert done.returncode == 0, done.stderr[-2000:]
+    # seed 0's start from its pretraining record, seed 1's from the ELBO run that recomputed it
     starts = [
-        json.loads((per_seed / f"pretrain_seed{s}.json").read_text())["results"]["start_clusters"]
-        for s in (0, 1)
+        json.loads((per_seed / name).read_text())["results"]["start_clusters"]
+        for name in ("pretrain_seed0.json", "vade_seed1.json")
     ]
     values = [s["accuracy"] for s in starts]
     expected = f"{np.mean(values):.4f} +- {np.std(values, ddof=1):.4f} (2)"
@@ -68,3 +69,36 @@ def test_assemble_of_an_empty_folder_is_one_line_and_status_2(tmp_path):
     done = run("--assemble", str(tmp_path), "--out", str(tmp_path))
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "no per-run result files" in done.stderr
+
+
+def test_the_elbo_runs_start_overrides_the_pretraining_records():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("clustering_mnist", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+    def record(**scores):
+        return {"results": {k: {"accuracy": v} for k, v in scores.items()}}
+
+    runs = {
+        "pretrain": {
+            1: record(start_clusters=0.83, kmeans_embedding=0.74),
+            0: record(gmm_init=0.9),
+        },
+        "vade": {1: record(start_clusters=0.97, gmm_init=0.95, vade=0.96)},
+        "dmvae": {1: record(dmvae_start=0.96, gmm_init=0.94)},
+    }
+    starts = module.start_scores(runs)
+    assert list(starts) == [0, 1]
+    assert starts[0] == {"gmm_init": {"accuracy": 0.9}}
+    assert {k: v["accuracy"] for k, v in starts[1].items()} == {
+        "start_clusters": 0.97,
+        "kmeans_embedding": 0.74,
+        "gmm_init": 0.94,
+        "dmvae_start": 0.96,
+    }
