@@ -336,7 +336,9 @@ def start_scores(runs: dict[str, dict[int, dict]]) -> dict[int, dict]:
 
 def assemble(folder: Path, out: Path, name: str) -> None:
     """The table over seeds from the per-run result files in ``folder``: the starts (pretraining
-    only) and the ELBO runs, mean and spread, best seed, and a learning-curve figure."""
+    only) and the ELBO runs, mean and spread, best seed, and a learning-curve figure. A
+    ``NOTES.md`` in ``folder`` (prose written by hand: the recipe's evidence, what is short) is
+    appended as it is."""
     import json
 
     runs = {}
@@ -391,12 +393,16 @@ def assemble(folder: Path, out: Path, name: str) -> None:
         + f"\n\nPublished: VaDE 94.46% accuracy (Jiang et al. 2017, Table 2).\n\n"
         f"Runs ({len(machines)} machine description(s): {'; '.join(machines)}):\n\n{commands}\n"
     )
+    notes = folder / "NOTES.md"
+    if notes.is_file():
+        md += "\n" + notes.read_text(encoding="utf-8").strip() + "\n"
     results = {"starts": start_rows, "models": model_rows, "curves": curves}
     write_results(name, seed=-1, wall_seconds=0.0, results=results, markdown=md, out_dir=out)
 
 
 def plot_curves(curves: dict[str, dict[int, list[float]]], path: Path) -> Path:
-    """Accuracy on the 10k held-out images after each ELBO epoch, one line per model and seed."""
+    """Accuracy on the 10k MNIST test images (also among the scored training rows) after each
+    ELBO epoch, one line per model and seed."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -65,6 +65,17 @@ def test_assemble_gives_mean_and_sample_spread_over_seeds(per_seed, tmp_path):
     assert (tmp_path / "table.png").is_file()
 
 
+def test_assemble_appends_the_folders_notes(per_seed, tmp_path):
+    notes = "## Notes\n\nThe start decides the outcome."
+    (per_seed / "NOTES.md").write_text(notes)
+    try:
+        done = run("--assemble", str(per_seed), "--out", str(tmp_path), "--name", "table")
+    finally:
+        (per_seed / "NOTES.md").unlink()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "table.md").read_text().rstrip().endswith(notes)
+
+
 def test_assemble_of_an_empty_folder_is_one_line_and_status_2(tmp_path):
     done = run("--assemble", str(tmp_path), "--out", str(tmp_path))
     assert done.returncode == 2
