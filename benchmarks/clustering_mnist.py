@@ -322,12 +322,28 @@ def mean_spread(values: list[float]) -> str:
     return f"{np.mean(values):.4f} +- {np.std(values, ddof=1):.4f} ({len(values)})"
 
 
+MODELS = ("vade", "dmvae")
+
+
+def elbo_runs(runs: dict[str, dict[int, dict]]) -> list[tuple[str, str]]:
+    """``(kind, model)`` for every group of ELBO runs: the kind is the file-name prefix before
+    ``_seed`` (``vade``, or a variant such as ``vade_lr1e-4``), the model the one its records
+    hold; VaDE's groups first."""
+    found = []
+    for kind, by_seed in runs.items():
+        held = {m for record in by_seed.values() for m in MODELS if m in record["results"]}
+        found += [(kind, model) for model in held]
+    return sorted(found, key=lambda pair: (MODELS.index(pair[1]), pair[0]))
+
+
 def start_scores(runs: dict[str, dict[int, dict]]) -> dict[int, dict]:
     """Per seed, the scores of the start before any ELBO epoch (:data:`START_ROWS`): from the
     pretraining-only record, overridden by those the ELBO runs recomputed from the same
-    autoencoder (VaDE's, then DMVAE's), since those are the starts the ELBO trained from."""
+    autoencoder (VaDE's groups, then DMVAE's), since those are the starts the ELBO trained
+    from."""
     starts: dict[int, dict] = {}
-    for kind in ("pretrain", "vade", "dmvae"):
+    others = sorted((k for k in runs if k != "pretrain"), key=lambda k: (k.startswith("dmvae"), k))
+    for kind in ["pretrain", *others]:
         for seed, record in runs.get(kind, {}).items():
             found = {k: v for k, v in record["results"].items() if k in START_ROWS}
             starts.setdefault(seed, {}).update(found)
@@ -348,6 +364,7 @@ def assemble(folder: Path, out: Path, name: str) -> None:
     if not runs:
         raise DataError(f"no per-run result files (*_seed*.json) in {folder}")
     starts = start_scores(runs)
+    out.mkdir(parents=True, exist_ok=True)
     start_rows = [
         {
             "start": label,
@@ -358,10 +375,8 @@ def assemble(folder: Path, out: Path, name: str) -> None:
         if any(key in r for r in starts.values())
     ]
     model_rows, curves = [], {}
-    for kind in ("vade", "dmvae"):
-        done = {
-            s: r["results"][kind] for s, r in runs.get(kind, {}).items() if kind in r["results"]
-        }
+    for kind, model in elbo_runs(runs):
+        done = {s: r["results"][model] for s, r in runs[kind].items() if model in r["results"]}
         if not done:
             continue
         accuracy = [d["accuracy"] for d in done.values()]
@@ -375,7 +390,7 @@ def assemble(folder: Path, out: Path, name: str) -> None:
                 "epochs": ", ".join(str(d["epochs"]) for d in done.values()),
                 "train s": ", ".join(f"{d['train_seconds']:.0f}" for d in done.values()),
                 "q(c\\|x) s / 10k": mean_spread([d["qc_seconds_per_10k"] for d in done.values()]),
-                "published": PUBLISHED.get(kind, ""),
+                "published": PUBLISHED.get(model, ""),
             }
         )
         curves[kind] = {s: [c["accuracy"] for c in d["curve"]] for s, d in done.items()}
@@ -409,7 +424,8 @@ def plot_curves(curves: dict[str, dict[int, list[float]]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (kind, by_seed), colour in zip(curves.items(), ("C0", "C1"), strict=False):
+    for number, (kind, by_seed) in enumerate(curves.items()):
+        colour = f"C{number}"
         for seed, values in by_seed.items():
             ax.plot(range(1, len(values) + 1), values, color=colour, label=f"{kind} seed {seed}")
     ax.axhline(PUBLISHED["vade"], color="grey", ls="--", label="VaDE published")

@@ -82,7 +82,7 @@ def test_assemble_of_an_empty_folder_is_one_line_and_status_2(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1 and "no per-run result files" in done.stderr
 
 
-def test_the_elbo_runs_start_overrides_the_pretraining_records():
+def load_script():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("clustering_mnist", SCRIPT)
@@ -92,9 +92,26 @@ def test_the_elbo_runs_start_overrides_the_pretraining_records():
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(SCRIPT.parent))
+    return module
 
-    def record(**scores):
-        return {"results": {k: {"accuracy": v} for k, v in scores.items()}}
+
+def record(**scores):
+    return {"results": {k: {"accuracy": v} for k, v in scores.items()}}
+
+
+def test_variant_runs_are_their_own_groups_vade_first():
+    module = load_script()
+    runs = {
+        "pretrain": {0: record(start_clusters=0.97)},
+        "dmvae": {0: record(dmvae=0.95)},
+        "vade_lr1e-4": {0: record(vade=0.95), 1: record(vade=0.93)},
+        "vade": {0: record(vade=0.94)},
+    }
+    assert module.elbo_runs(runs) == [("vade", "vade"), ("vade_lr1e-4", "vade"), ("dmvae", "dmvae")]
+
+
+def test_the_elbo_runs_start_overrides_the_pretraining_records():
+    module = load_script()
 
     runs = {
         "pretrain": {
