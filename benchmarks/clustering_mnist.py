@@ -197,6 +197,7 @@ def train_one(name, model, data, args, verbose: bool = True) -> dict:
                 "valid_loss": h["valid_loss"],
                 "accuracy": h["curve_accuracy"],
                 "nmi": h["curve_nmi"],
+                "ari": h["curve_ari"],
                 "lr": h["lr"],
                 "wall_seconds": h["wall_seconds"],
             }

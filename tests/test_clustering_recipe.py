@@ -48,6 +48,14 @@ def test_a_pretraining_run_records_every_start(per_seed):
     assert results["pretrain_epochs_run"] == 2 and "vade" not in results
 
 
+def test_an_elbo_run_records_accuracy_nmi_and_ari_after_every_epoch(per_seed):
+    vade = json.loads((per_seed / "vade_seed1.json").read_text())["results"]["vade"]
+    assert [c["epoch"] for c in vade["curve"]] == list(range(1, vade["epochs"] + 1))
+    for point in vade["curve"]:
+        assert 0.1 <= point["accuracy"] <= 1.0  # K = 10: the best map is never below 1/K
+        assert 0.0 <= point["nmi"] <= 1.0 and -1.0 <= point["ari"] <= 1.0
+
+
 def test_assemble_gives_mean_and_sample_spread_over_seeds(per_seed, tmp_path):
     done = run("--assemble", str(per_seed), "--out", str(tmp_path), "--name", "table")
     assert done.returncode == 0, done.stderr[-2000:]
