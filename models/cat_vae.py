@@ -118,7 +118,8 @@ class CategoricalVAE(PyroModel):
         """Bernoulli logits ``[..., 1, N, D]`` from c (integer ``[..., L, N]`` or one-hot
         ``[..., L, N, K]``); the size-1 dim keeps the latents plate's place, so particle dims to
         the left stay aligned."""
-        onehot = select(self.identity, c, event_dim=1)  # [..., L, N, K]
+        # a weighting of the identity's rows is the weighting itself: relaxed one-hot c as is
+        onehot = c if c.is_floating_point() else select(self.identity, c, event_dim=1)
         code = onehot.movedim(-3, -2).flatten(-2)  # [..., N, L*K]
         return self.decoder(code).unsqueeze(-3)
 

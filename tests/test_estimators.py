@@ -23,7 +23,7 @@ from pyro_moe import variance, verification
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators import objectives
 from pyro_moe.estimators.base import value_with_gradient_of
-from pyro_moe.estimators.reinforce import Dependencies
+from pyro_moe.estimators.reinforce import AVERAGE_PREFIX, Dependencies
 from pyro_moe.estimators.relaxed import RelaxedGate
 from pyro_moe.estimators.sampled import run_traces
 from pyro_moe.estimators.temperature import Temperature
@@ -111,21 +111,39 @@ def _moe_program():
     return model.model, guide, args
 
 
+def _with_average_baselines(guide, beta):
+    """``guide`` with Pyro's decaying-average baseline on every sample site."""
+    options = {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": beta}}
+    return poutine.infer_config(guide, lambda msg: options)
+
+
+def _drop_average_baselines() -> None:
+    store = pyro.get_param_store()
+    for name in [n for n in store.keys() if n.startswith(AVERAGE_PREFIX)]:
+        del store[name]
+
+
+@pytest.mark.parametrize("name", ["reinforce", "reinforce-avg"])
 @pytest.mark.parametrize("program", [_chain_program, _cat_vae_program, _moe_program])
-def test_reinforce_is_tracegraph_elbo_draw_for_draw(float64, program):
+def test_reinforce_is_tracegraph_elbo_draw_for_draw(float64, program, name):
     """``reinforce`` learns the dependency graph on its first call and reuses it: on every call,
     the first and the later ones, its value and gradient equal TraceGraph_ELBO's on the same
-    draws (which tracks provenance on every call)."""
+    draws (which tracks provenance on every call). ``reinforce-avg`` equals TraceGraph_ELBO with
+    ``use_decaying_avg_baseline`` on every site over consecutive calls (the average is state)."""
     model, guide, args = program()
-    reinforce = ESTIMATORS["reinforce"](max_plate_nesting=2)
+    reinforce = ESTIMATORS[name](max_plate_nesting=2)
     tracegraph = TraceGraph_ELBO(max_plate_nesting=2)
+    pyro_guide = guide if name == "reinforce" else _with_average_baselines(guide, reinforce.beta)
     ours, pyros = [], []
     for seed in range(4):
         pyro.set_rng_seed(seed)
         ours.append(reinforce.loss(model, guide, *args))
+    _drop_average_baselines()
+    for seed in range(4):
         pyro.set_rng_seed(seed)
-        elbo, surrogate = tracegraph._loss_and_surrogate_loss(model, guide, args, {})
+        elbo, surrogate = tracegraph._loss_and_surrogate_loss(model, pyro_guide, args, {})
         pyros.append(value_with_gradient_of(-elbo, surrogate))
+    _drop_average_baselines()
     params = [p.unconstrained() for p in pyro.get_param_store().values()]
     params += [p for m in (model, guide) if isinstance(m, torch.nn.Module) for p in m.parameters()]
     params += list(getattr(model, "__self__", torch.nn.Module()).parameters())

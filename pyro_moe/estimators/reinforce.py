@@ -30,9 +30,9 @@ compares them like for like (``vimco`` cannot drop the term: its importance weig
 non-zero mean).
 
 * ``reinforce``: b = 0 (Williams 1992).
-* ``reinforce-avg``: b = a decaying average of past costs, b_t = beta b_{t-1} + (1 - beta) f_t,
-  kept per position in the minibatch (Pyro's ``use_decaying_avg_baseline``, through
-  ``TraceGraph_ELBO``).
+* ``reinforce-avg``: b_t = a_{t-1}, a decaying average of past costs,
+  a_t = beta a_{t-1} + (1 - beta) f_t, kept per position in the minibatch (Pyro's
+  ``use_decaying_avg_baseline``, computed in the same one pass as ``reinforce``).
 
 References:
     1. R. J. Williams, "Simple Statistical Gradient-Following Algorithms for Connectionist
@@ -48,21 +48,22 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Any
 
+import pyro
 import torch
-from pyro import poutine
-from pyro.infer import TraceGraph_ELBO
 from pyro.infer.tracegraph_elbo import TrackNonReparam
 from pyro.infer.util import MultiFrameTensor
 from pyro.ops.provenance import detach_provenance, get_provenance
 
 from pyro_moe.errors import ConfigError
-from pyro_moe.estimators.base import Estimator, value_with_gradient_of
+from pyro_moe.estimators.base import value_with_gradient_of
 from pyro_moe.estimators.sampled import SampledEstimator
 from pyro_moe.estimators.traces import SiteTrace, program_key, run_traces
 from pyro_moe.registry import ESTIMATORS
 
 #: a site of either run: ("model" | "guide", name)
 Site = tuple[str, str]
+#: the param-store name prefix of ``reinforce-avg``'s averages (Pyro's own name for them)
+AVERAGE_PREFIX = "__baseline_avg_downstream_cost_"
 
 
 def _sites(model_trace: SiteTrace, guide_trace: SiteTrace):
@@ -205,36 +206,48 @@ class Reinforce(SampledEstimator):
 
 
 @ESTIMATORS.register("reinforce-avg")
-class ReinforceAverageBaseline(Estimator):
-    """Score-function gradient with a decaying-average baseline (TraceGraph_ELBO baseline)."""
+class ReinforceAverageBaseline(Reinforce):
+    """Score-function gradient with a decaying-average baseline per score site and position.
+
+    For score site s with downstream cost f_t at call t (shaped like s's plates), the baseline is
+    the average before this call, b_t = a_{t-1}, then a_t = beta a_{t-1} + (1 - beta) f_t, a_0 = 0:
+    Pyro's ``use_decaying_avg_baseline`` (``TraceGraph_ELBO``), kept under Pyro's name
+    ``__baseline_avg_downstream_cost_<site>`` in the param store (so checkpoints carry it) and
+    computed in the one-pass form of :class:`Reinforce`. A cost of a new shape (another batch
+    size) starts its average afresh from zero. b_t does not depend on the draw at t: unbiased."""
 
     name = "reinforce-avg"
     # the baseline is state updated by every estimate: estimates are drawn one after another
     vectorisable = False
 
     def __init__(
-        self, *, num_particles: int = 1, max_plate_nesting: int = 1, beta: float = 0.9
+        self,
+        *,
+        num_particles: int = 1,
+        max_plate_nesting: int = 1,
+        beta: float = 0.9,
+        static_dependencies: bool = True,
     ) -> None:
-        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
-        if not 0.0 <= beta < 1.0:
-            raise ConfigError(f"baseline decay beta must lie in [0, 1), got {beta}")
-        self.beta = beta
-        self.elbo = TraceGraph_ELBO(
+        super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
-            vectorize_particles=num_particles > 1,
+            static_dependencies=static_dependencies,
         )
+        if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0.0 <= beta < 1.0:
+            raise ConfigError(f"baseline decay beta must lie in [0, 1), got {beta!r}")
+        self.beta = float(beta)
 
-    def baseline_options(self) -> dict[str, Any]:
-        """The ``infer={"baseline": ...}`` options put on the guide's ``cluster`` site."""
-        return {"use_decaying_avg_baseline": True, "baseline_beta": self.beta}
+    def baseline(self, site: str, cost: torch.Tensor | float) -> torch.Tensor | float:
+        if not torch.is_tensor(cost):
+            return 0.0
+        store = pyro.get_param_store()
+        name = AVERAGE_PREFIX + site
+        cost = cost.detach()
+        old = store[name].detach() if name in store else None
+        if old is None or old.shape != cost.shape:
+            old = torch.zeros_like(cost)
+        store[name] = self.beta * old + (1.0 - self.beta) * cost
+        return old
 
-    def loss(self, model, guide, *args: Any, **kwargs: Any) -> torch.Tensor:
-        options = self.baseline_options()
-        guide = poutine.infer_config(
-            guide, lambda msg: {"baseline": options} if msg["name"] == "cluster" else {}
-        )
-        # TraceGraph_ELBO's own split into (ELBO value, surrogate loss); loss_and_grads would call
-        # backward itself, which the trainer and the variance harness must control.
-        elbo, surrogate = self.elbo._loss_and_surrogate_loss(model, guide, args, kwargs)
-        return value_with_gradient_of(-elbo, surrogate)
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, beta={self.beta}"
