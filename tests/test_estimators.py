@@ -119,7 +119,7 @@ def _with_average_baselines(guide, beta):
 
 def _drop_average_baselines() -> None:
     store = pyro.get_param_store()
-    for name in [n for n in store.keys() if n.startswith(AVERAGE_PREFIX)]:
+    for name in [n for n in store if n.startswith(AVERAGE_PREFIX)]:
         del store[name]
 
 
