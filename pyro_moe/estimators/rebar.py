@@ -152,12 +152,15 @@ class Rebar(SampledEstimator):
     def control_parameters(self) -> list[nn.Parameter]:
         return [self.log_temperature, self.scale]
 
-    def learned_term(self, z: torch.Tensor, costs: PointCosts) -> torch.Tensor | float:
-        """An extra term of the control variate at z, per point ``[E, S, N]`` (REBAR: none)."""
-        return 0.0
+    def learned_terms(self, z: torch.Tensor, z_tilde: torch.Tensor, costs: PointCosts) -> tuple:
+        """An extra term of the control variate at z and at z~, each per point ``[E, S, N]``
+        (REBAR: none)."""
+        return 0.0, 0.0
 
-    def control_variate(self, f: torch.Tensor, z: torch.Tensor, costs: PointCosts):
-        return self.scale * f + self.learned_term(z, costs)
+    def control_variates(self, f_z, f_zt, costs: PointCosts) -> tuple:
+        """c(z) = eta f(sigma_lambda(z)) + learned term, at z and at z~."""
+        t_z, t_zt = self.learned_terms(costs.state["z"], costs.state["z_tilde"], costs)
+        return self.scale * f_z + t_z, self.scale * f_zt + t_zt
 
     # --- the run --------------------------------------------------------------------------------
     def guide_site(self, logits: torch.Tensor, state: dict) -> dist.TorchDistribution:
@@ -205,8 +208,7 @@ class Rebar(SampledEstimator):
         """g_theta per sample (see the module docstring), differentiable in phi."""
         st = costs.state
         theta, hard = st["logits"], st["hard"]
-        c_z = self.control_variate(f_z, st["z"], costs)
-        c_zt = self.control_variate(f_zt, st["z_tilde"], costs)
+        c_z, c_zt = self.control_variates(f_z, f_zt, costs)
         (h,) = torch.autograd.grad(
             (c_z - c_zt).sum(), theta, create_graph=self.training, retain_graph=True
         )

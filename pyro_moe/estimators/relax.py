@@ -64,8 +64,10 @@ class Relax(Rebar):
     def control_parameters(self) -> list[nn.Parameter]:
         return super().control_parameters() + list(self.net.parameters())
 
-    def learned_term(self, z: torch.Tensor, costs: PointCosts) -> torch.Tensor:
+    def learned_terms(self, z: torch.Tensor, z_tilde: torch.Tensor, costs: PointCosts) -> tuple:
+        """r_rho at z and at z~ in one pass of the network, each summed over a point's cells."""
         if self.net is None:
             self.build(z.shape[-1], z.dtype)
-        r = self.net(z)[..., 0]  # [E, S, *cells, N]
-        return costs.scale * r.reshape(r.shape[:2] + (-1, r.shape[-1])).sum(2)
+        r = self.net(torch.stack((z, z_tilde)))[..., 0]  # [2, E, S, *cells, N]
+        r = costs.scale * r.reshape(r.shape[:3] + (-1, r.shape[-1])).sum(3)  # [2, E, S, N]
+        return r[0], r[1]
