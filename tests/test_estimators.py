@@ -449,3 +449,17 @@ def test_relaxed_estimator_rejects_non_categorical_gate(float64):
     estimator = ESTIMATORS["gumbel"]()
     with pytest.raises(ConfigError, match="Categorical"):
         estimator.loss(model, model, torch.zeros(3))
+
+
+def test_reinforce_avg_keeps_its_average_through_a_non_finite_cost(float64):
+    """A NaN cost (a step the trainer skips) must not poison the decaying average for good."""
+    estimator = ESTIMATORS["reinforce-avg"](beta=0.5)
+    first = estimator.baseline("cluster", torch.tensor([2.0, 4.0]))
+    assert torch.equal(first, torch.zeros(2))
+    kept = estimator.baseline("cluster", torch.tensor([float("nan"), 1.0]))
+    torch.testing.assert_close(kept, torch.tensor([1.0, 2.0]))
+    after = estimator.baseline("cluster", torch.tensor([3.0, 0.0]))
+    torch.testing.assert_close(after, torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(
+        estimator.baseline("cluster", torch.zeros(2)), torch.tensor([2.0, 1.0])
+    )

@@ -214,7 +214,8 @@ class ReinforceAverageBaseline(Reinforce):
     Pyro's ``use_decaying_avg_baseline`` (``TraceGraph_ELBO``), kept under Pyro's name
     ``__baseline_avg_downstream_cost_<site>`` in the param store (so checkpoints carry it) and
     computed in the one-pass form of :class:`Reinforce`. A cost of a new shape (another batch
-    size) starts its average afresh from zero. b_t does not depend on the draw at t: unbiased."""
+    size) starts its average afresh from zero; a non-finite cost (a step the trainer skips) does
+    not enter it. b_t does not depend on the draw at t: unbiased."""
 
     name = "reinforce-avg"
     # the baseline is state updated by every estimate: estimates are drawn one after another
@@ -246,7 +247,8 @@ class ReinforceAverageBaseline(Reinforce):
         old = store[name].detach() if name in store else None
         if old is None or old.shape != cost.shape:
             old = torch.zeros_like(cost)
-        store[name] = self.beta * old + (1.0 - self.beta) * cost
+        if bool(torch.isfinite(cost).all()):  # a non-finite step (skipped) leaves it as it was
+            store[name] = self.beta * old + (1.0 - self.beta) * cost
         return old
 
     def extra_repr(self) -> str:
