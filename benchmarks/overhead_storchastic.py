@@ -75,9 +75,7 @@ SHARED: dict[str, tuple[dict, Callable]] = {
     ),
     "rebar": ({}, lambda m: m.REBAR("z", n_samples=1)),
     "unordered": ({"num_particles": 2}, lambda m: m.UnorderedSetEstimator("z", k=2)),
-    # Grathwohl et al.'s discrete RELAX, c_phi(z) = eta f(sigma_lambda(z)) + r_rho(z), is
-    # Storchastic's RELAX with rebar=True; its default (rebar=False) drops f(sigma_lambda(z)) and
-    # runs the model at the discrete draw only: another, cheaper estimator (see RELAX_NOTE)
+    # the same estimator on both sides: Storchastic's RELAX with rebar=True (see RELAX_NOTE)
     "relax": ({}, lambda m: m.RELAX("z", n_samples=1, c_phi=RelaxNetwork(), rebar=True)),
 }
 
