@@ -18,7 +18,9 @@ Target: vectorised >= 10x the loop's estimates per second for E = 1,000.
 The ``hand-*`` rows are estimators' losses written by hand in PyTorch, through the same two
 harness modes: what the loop and the vectorised mode cost without Pyro, i.e. the floor the
 vectorised Pyro path can approach, one per family: ``hand-gumbel`` (``overhead.hand_moe_relaxed``)
-for the relaxed estimators, ``hand-reinforce`` (``overhead.hand_moe_reinforce``) for the plain
+for the relaxed estimators, ``hand-st-gumbel`` (the same loss with ``hard=True``: the one-hot
+forward value onehot(argmax w) + w - stop(w) costs an argmax and a scatter more) for
+straight-through, ``hand-reinforce`` (``overhead.hand_moe_reinforce``) for the plain
 score function, ``hand-rloo`` (``overhead.hand_moe_rloo``, 4 samples) for the multi-sample score
 function estimators. ``floor_ratio`` is the family floor's vectorised rate over the row's.
 
@@ -29,6 +31,7 @@ function estimators. ``floor_ratio`` is the family floor's vectorised rate over 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import time
@@ -47,7 +50,7 @@ from pyro_moe.variance import gradient_samples
 TARGET_SPEEDUP = 10.0
 ESTIMATORS = (
     *("reinforce", "rloo", "vimco", "nvil", "gumbel", "st-gumbel", "question"),
-    *("hand-reinforce", "hand-rloo", "hand-gumbel"),
+    *("hand-reinforce", "hand-rloo", "hand-gumbel", "hand-st-gumbel"),
 )
 
 
@@ -69,7 +72,8 @@ class HandLoss(nn.Module):
 
 #: hand-written floor -> (its loss, the estimators of its family)
 HAND = {
-    "hand-gumbel": (hand_moe_relaxed, ("gumbel", "st-gumbel", "question")),
+    "hand-gumbel": (hand_moe_relaxed, ("gumbel", "question")),
+    "hand-st-gumbel": (functools.partial(hand_moe_relaxed, hard=True), ("st-gumbel",)),
     "hand-reinforce": (hand_moe_reinforce, ("reinforce",)),
     "hand-rloo": (hand_moe_rloo, ("rloo", "vimco", "nvil")),
 }
