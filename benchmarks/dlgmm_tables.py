@@ -17,6 +17,12 @@ score it. ``--max-seconds`` caps each model's training time (checked after each 
 ``--is-samples`` / ``--is-rows`` shrink the likelihood estimate, for runs on a small budget; the
 results say which caps were used.
 
+Each model trains in its own checkpointed run folder (``--runs``, default ``runs/NAME``, or
+``OUT/runs`` with ``--out``): a run cut by a signal or by ``--max-seconds`` resumes where it stopped
+when the same command runs again, and ``--max-seconds`` counts the training time of all its
+parts, so a larger cap continues a run that a smaller one stopped. A folder holding a run of
+another protocol (learning rate, batch size, widths, rows, look-ahead) is refused.
+
     python benchmarks/dlgmm_tables.py --max-seconds 240 --is-samples 100
 """
 
@@ -32,15 +38,18 @@ import torch
 from matplotlib.figure import Figure
 from pyro_moe.models.dlgmm import NegativeELBO
 
-from pyro_moe.benchmarking import RESULTS, run_script, write_results
+from pyro_moe.benchmarking import RESULTS, check_run_folder, run_script, write_results
 from pyro_moe.cli import OneLineParser
 from pyro_moe.data import load_dataset
 from pyro_moe.data.base import Split
 from pyro_moe.metrics import importance_log_likelihood, knn_error
 from pyro_moe.plots.clustering import latent_points, plot_cluster_samples
 from pyro_moe.registry import GUIDES, MODELS
+from pyro_moe.runs import RunFolder
 from pyro_moe.tables import markdown_table
 from pyro_moe.train import TrainConfig, fit
+
+ROOT = Path(__file__).resolve().parent.parent
 
 #: the paper's architectures as model options
 ARCHITECTURES = {
@@ -80,6 +89,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--name", default="dlgmm_tables")
+    p.add_argument(
+        "--runs", help="checkpointed run folders (default: runs/NAME, or OUT/runs with --out)"
+    )
+    p.add_argument(
+        "--checkpoint-every", type=int, default=None, help="steps between checkpoints (epochs)"
+    )
     args = p.parse_args(argv)
     unknown = [m for m in args.models.split(",") if m not in ARCHITECTURES]
     if unknown:
@@ -87,6 +102,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("epochs", "patience", "batch_size", "is_samples", "is_sample_batch"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        p.error("--checkpoint-every must be >= 1")
+    if args.runs is None:
+        out = Path(args.out).resolve()
+        args.runs = str(ROOT / "runs" / args.name if out == RESULTS.resolve() else out / "runs")
     return args
 
 
@@ -108,10 +128,24 @@ def thresholded(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     return (split.x > 0.5).float(), split.labels
 
 
+def protocol(name: str, options: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """What a model's training depends on; a run folder started with another is refused."""
+    return {
+        "model": name,
+        "options": options,
+        **{k: getattr(args, k) for k in ("lr", "batch_size", "limit", "patience", "seed")},
+    }
+
+
 def train_model(name: str, data, args: argparse.Namespace):
+    """Train (or resume from its run folder) one model until early stopping, ``--epochs`` or
+    ``--max-seconds``; the model and guide return with the best validation epoch's parameters."""
     options = dict(ARCHITECTURES[name][1])
     if args.hidden:
         options["hidden"] = args.hidden
+    expected = protocol(name, options, args)
+    run = RunFolder(Path(args.runs) / f"{name}_seed{args.seed}")
+    resume = check_run_folder(run, expected)
     torch.manual_seed(args.seed)
     model = MODELS[name](data.input_dim, **options)
     guide = GUIDES[model.default_guide](model)
@@ -123,9 +157,18 @@ def train_model(name: str, data, args: argparse.Namespace):
         patience=args.patience,
         seed=args.seed,
         progress=False,
+        checkpoint_every=args.checkpoint_every,
     )
     result = fit(
-        model, guide, NegativeELBO(), data, config, callbacks=[TimeBudget(args.max_seconds)]
+        model,
+        guide,
+        NegativeELBO(),
+        data,
+        config,
+        run.path,
+        resume,
+        {"model": name, "protocol": expected},
+        [TimeBudget(args.max_seconds)],
     )
     return model, result
 

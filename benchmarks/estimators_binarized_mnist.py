@@ -51,7 +51,14 @@ from typing import Any
 
 import torch
 
-from pyro_moe.benchmarking import RESULTS, command_line, fixed_budget, markdown_table, run_script
+from pyro_moe.benchmarking import (
+    RESULTS,
+    check_run_folder,
+    command_line,
+    fixed_budget,
+    markdown_table,
+    run_script,
+)
 from pyro_moe.checkpoint import atomic_write_json, atomic_write_text
 from pyro_moe.cli import OneLineParser
 from pyro_moe.data import Split, load_dataset
@@ -196,19 +203,6 @@ def epoch_facts(trainer) -> dict[str, float]:
         facts["gpu_processes"] = count
     temperature = getattr(trainer.estimator, "temperature", None)
     return {**facts, "tau": float(temperature())} if callable(temperature) else facts
-
-
-def check_run_folder(run: RunFolder, expected: dict[str, Any]) -> bool:
-    """Whether ``run`` holds a checkpoint to resume; raise if it was started differently."""
-    if not run.has_checkpoint():
-        run.clear()
-        return False
-    stored = run.read_config().spec.get("protocol")
-    if stored != expected:
-        raise ConfigError(
-            f"{run.path} holds a run of another protocol ({stored}); remove it or choose --runs"
-        )
-    return True
 
 
 def train_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:

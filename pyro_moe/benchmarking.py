@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from pyro_moe.checkpoint import atomic_write_json, atomic_write_text
-from pyro_moe.runs import versions
+from pyro_moe.errors import ConfigError
+from pyro_moe.runs import RunFolder, versions
 from pyro_moe.tables import markdown_table
 
 __all__ = [
     "RESULTS",
+    "check_run_folder",
     "command_line",
     "fixed_budget",
     "machine",
@@ -33,6 +35,21 @@ __all__ = [
 ]
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+def check_run_folder(run: RunFolder, expected: dict[str, Any]) -> bool:
+    """Whether ``run`` holds a checkpoint to resume (a folder without one is cleared for a fresh
+    start); raise :class:`~pyro_moe.errors.ConfigError` if its run was started with another
+    protocol than ``expected`` (the ``protocol`` entry of the run's config)."""
+    if not run.has_checkpoint():
+        run.clear()
+        return False
+    stored = run.read_config().spec.get("protocol")
+    if stored != expected:
+        raise ConfigError(
+            f"{run.path} holds a run of another protocol ({stored}); remove it or choose --runs"
+        )
+    return True
 
 
 def fixed_budget(epochs: int, batch_size: int, lr: float, seed: int, **options: Any) -> Any:
