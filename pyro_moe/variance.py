@@ -204,12 +204,15 @@ def gradient_samples(
     vectorize: bool = True,
     chunk: int | None = None,
     kwargs: dict | None = None,
+    validate: bool = True,
 ) -> torch.Tensor:
     """``num_estimates`` independent gradient estimates of the negative objective: ``[E, P]``.
 
     ``vectorize``: per-estimate gradients by ``torch.func`` in chunks of ``chunk`` estimates
-    (None: picked from the batch size), see :mod:`pyro_moe.vectorised`; one ordinary estimate
-    first runs the program with Pyro's validation. Estimators that declare
+    (None: picked from the batch size), see :mod:`pyro_moe.vectorised`; with ``validate`` one
+    ordinary estimate first runs the program with Pyro's validation (the vectorised pass runs
+    without it), so a caller that draws more estimates of a program it has already validated
+    passes ``validate=False`` and every estimate is vectorised. Estimators that declare
     ``vectorisable = False``, and programs written as plain functions, use the loop; a program
     vmap cannot run falls back to the loop with a warning."""
     if num_estimates < 2:
@@ -217,18 +220,17 @@ def gradient_samples(
     run = (estimator, model, guide, tuple(args), params, kwargs or {})
     modules = isinstance(model, nn.Module) and isinstance(guide, nn.Module) and not kwargs
     if vectorize and estimator.vectorisable and modules:
-        first = _single(*run)  # with Pyro's validation
+        first = [_single(*run)[None]] if validate else []  # with Pyro's validation
+        rest = num_estimates - len(first)
         try:
-            rest = per_estimate_gradients(
-                estimator, model, guide, args, params, num_estimates - 1, chunk
-            )
+            vectorised = per_estimate_gradients(estimator, model, guide, args, params, rest, chunk)
         except NotVectorisable as e:
             warnings.warn(
                 f"estimator {estimator.name!r} cannot be vectorised ({e}); using the loop",
                 stacklevel=2,
             )
-            rest = _loop(run, num_estimates - 1)
-        return torch.cat([first[None], rest])
+            vectorised = _loop(run, rest)
+        return torch.cat([*first, vectorised]) if first else vectorised
     if vectorize and estimator.vectorisable and hasattr(estimator, "estimate_losses"):
         try:
             return _batched(run, num_estimates, chunk or 256)

@@ -117,12 +117,29 @@ def per_estimate_gradients(
     def loss(theta: dict[str, torch.Tensor], _index: torch.Tensor) -> torch.Tensor:
         return functional_call(objective, theta, tuple(args))
 
-    batched = vmap(grad(loss), in_dims=(None, 0), randomness=randomness, chunk_size=chunk)
+    batched = vmap(grad(loss), in_dims=(None, 0), randomness=randomness)
     index = torch.arange(num_estimates, device=params[0].device)
+    # each chunk's gradients go straight into their rows of the result (no concatenation of
+    # chunks and then of parameters: at small batches those copies cost as much as the pass)
+    out = params[0].new_empty(num_estimates, sum(p.numel() for p in params))
+    same_noise = torch.get_rng_state() if randomness == "same" else None
+    for start in range(0, num_estimates, chunk):
+        if same_noise is not None:  # every chunk replays the one ordinary run's draws
+            torch.set_rng_state(same_noise)
+        _fill_chunk(batched, values, index[start : start + chunk], names, out, start)
+    return out
+
+
+def _fill_chunk(batched, values, index, names, out, start) -> None:
+    """Run one vectorised chunk and write its per-estimate gradients into ``out[start:]``."""
     try:
         grads = batched(values, index)
     except NotVectorisable:
         raise
     except (RuntimeError, NotImplementedError, ValueError) as e:
         raise NotVectorisable(f"{type(e).__name__}: {e}"[:300]) from e
-    return torch.cat([grads[n].reshape(num_estimates, -1) for n in names], 1)
+    rows, column = len(index), 0
+    for name in names:
+        flat = grads[name].reshape(rows, -1)
+        out[start : start + rows, column : column + flat.shape[1]] = flat
+        column += flat.shape[1]
