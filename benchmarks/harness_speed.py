@@ -23,7 +23,8 @@ for the relaxed estimators, ``hand-st-gumbel`` (the same loss with ``hard=True``
 forward value onehot(argmax w) + w - stop(w) costs an argmax and a scatter more) for
 straight-through, ``hand-reinforce`` (``overhead.hand_moe_reinforce``) for the plain
 score function, ``hand-rloo`` (``overhead.hand_moe_rloo``, 4 samples) for the multi-sample score
-function estimators. ``floor_ratio`` is the family floor's vectorised rate over the row's.
+function estimators. ``floor_ratio`` is the family floor's vectorised rate over the row's, timed
+in its own run that alternates the row and its floor block by block on the same batch.
 
     python benchmarks/harness_speed.py                 # full protocol, E = 1000, 1 and 2 threads
     python benchmarks/harness_speed.py --estimates 8   # smoke run
@@ -148,6 +149,7 @@ def measure(name: str, rows: int, args: argparse.Namespace) -> dict:
     loop, vec = torch.cat(samples[False]), torch.cat(samples[True])
     t_loop, t_vec = seconds[False], seconds[True]
     z = max_z(loop, vec)
+    floor = paired_floor_ratio(name, estimator, model, guide, batch, params, args)
     return {
         "estimator": name,
         "rows": rows,
@@ -157,10 +159,29 @@ def measure(name: str, rows: int, args: argparse.Namespace) -> dict:
         "loop_per_s": args.estimates / t_loop,
         "vectorised_per_s": args.estimates / t_vec,
         "speedup": t_loop / t_vec,
+        "floor_ratio": floor,
         "max_z_means": z,
         "means_agree": z < 5.0 + 0.5 * torch.tensor(float(loop.shape[1])).log().item(),
         "target_met": t_loop / t_vec >= TARGET_SPEEDUP,
     }
+
+
+def paired_floor_ratio(name, estimator, model, guide, batch, params, args) -> float | None:
+    """The family floor's vectorised rate over the row's, timed in alternation on the same
+    model, guide and batch: ``--floor-repeats`` x ``--estimates`` estimates each, in blocks
+    that alternate which of the two runs first (so a change of machine speed hits both alike).
+    None for the floors themselves."""
+    if name not in FLOOR:
+        return None
+    floor = build(FLOOR[name], model)
+    time_samples(floor, model, guide, batch, params, 2, True, args.chunk)  # warm-up, validates
+    seconds = {"row": 0.0, "floor": 0.0}
+    pair = [("row", estimator), ("floor", floor)]
+    for i, size in enumerate(blocks(args.estimates * args.floor_repeats, args.blocks)):
+        for side, loss in pair[:: 1 if i % 2 == 0 else -1]:
+            _, t = time_samples(loss, model, guide, batch, params, size, True, args.chunk, False)
+            seconds[side] += t
+    return seconds["row"] / seconds["floor"]
 
 
 def report(rows: list[dict], args: argparse.Namespace, load: dict) -> str:
@@ -182,7 +203,10 @@ def report(rows: list[dict], args: argparse.Namespace, load: dict) -> str:
             "constant up to rounding must agree to 1e-4 relative (else inf).\n",
             "The two modes alternate in "
             f"{args.blocks} blocks per estimator so that load changes hit both alike; rates are "
-            "total estimates / total seconds per mode.\n",
+            "total estimates / total seconds per mode. `floor_ratio`: the family's hand-written "
+            "vectorised rate over the row's, timed in a separate alternating run of "
+            f"{args.floor_repeats} x {args.estimates} estimates per side in {args.blocks} "
+            "blocks on the same model and batch (not from two rows measured minutes apart).\n",
             markdown_table(rows, columns) + "\n",
             "## Summary (computed from the table)\n",
             *summary(rows),
@@ -227,18 +251,6 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
-def add_floor_ratios(rows: list[dict]) -> None:
-    """``floor_ratio``: the family floor's vectorised rate over the row's (same N, threads)."""
-    for r in rows:
-        floor = [
-            h
-            for h in rows
-            if h["estimator"] == FLOOR.get(r["estimator"])
-            and (h["rows"], h["threads"]) == (r["rows"], r["threads"])
-        ]
-        r["floor_ratio"] = floor[0]["vectorised_per_s"] / r["vectorised_per_s"] if floor else None
-
-
 def main(args: argparse.Namespace) -> None:
     start, load_start = time.perf_counter(), os.getloadavg()[0]
     default_threads = torch.get_num_threads()
@@ -249,7 +261,6 @@ def main(args: argparse.Namespace) -> None:
             for name in args.estimators.split(","):
                 rows.append(measure(name, n, args))
                 print(rows[-1], flush=True)
-    add_floor_ratios(rows)
     load = {"start": load_start, "end": os.getloadavg()[0]}
     markdown = report(rows, args, load)
     write_results(
@@ -273,13 +284,23 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--blocks", type=int, default=5, help="alternating loop/vectorised blocks per estimator"
     )
+    p.add_argument(
+        "--floor-repeats",
+        type=int,
+        default=3,
+        help="estimates per side of the paired floor timing, in multiples of --estimates",
+    )
     p.add_argument("--estimators", default=",".join(ESTIMATORS))
     p.add_argument(
         "--threads", default="1,0", help="torch thread counts, comma-separated (0: default)"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results")
-    return p.parse_args()
+    args = p.parse_args()
+    for name in ("estimates", "blocks", "floor_repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
 
 
 if __name__ == "__main__":

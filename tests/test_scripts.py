@@ -4,6 +4,8 @@ fails the coverage tests, so none is left unexercised."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +121,11 @@ def test_benchmark_runs(tmp_path, script):
     assert result.returncode == 0, result.stderr[-3000:]
     name = Path(script).stem
     assert (tmp_path / f"{name}.json").is_file() and (tmp_path / f"{name}.md").is_file()
+    if name == "harness_speed":  # every Pyro row timed against its family's hand-written floor
+        rows = json.loads((tmp_path / f"{name}.json").read_text())["results"]["rows"]
+        ratios = {r["estimator"]: r["floor_ratio"] for r in rows}
+        assert all(ratios[e] is None for e in ratios if e.startswith("hand-"))
+        assert all(0 < ratios[e] < math.inf for e in ratios if not e.startswith("hand-"))
 
 
 @pytest.mark.parametrize("notebook", sorted(NOTEBOOK_SMOKE_ENV))
