@@ -476,7 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 128 + signal.SIGTERM
     except TrainingInterrupted as e:
-        print(f"pyro-moe: {e}", file=sys.stderr)
+        resume = f"; continue with `pyro-moe train --resume --out {e.run_dir}`" if e.run_dir else ""
+        print(f"pyro-moe: {e}{resume}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("pyro-moe: interrupted", file=sys.stderr)

@@ -65,9 +65,9 @@ class TrainingInterrupted(Exception):
     128 + the signal number (130 for SIGINT, 143 for SIGTERM).
     """
 
-    def __init__(self, message: str, signum: int, step: int) -> None:
+    def __init__(self, message: str, signum: int, step: int, run_dir: str | None = None) -> None:
         super().__init__(message)
-        self.signum, self.step = signum, step
+        self.signum, self.step, self.run_dir = signum, step, run_dir  # run_dir: where to resume
 
     @property
     def exit_code(self) -> int:

@@ -566,8 +566,7 @@ class Trainer:
         self.save()
         where = f"after step {self.state.step} (epoch {self.state.epoch + 1})"
         saved = (
-            f"checkpoint written to {self.run.checkpoint}; continue with "
-            f"`pyro-moe train --resume --out {self.run.path}`"
+            f"checkpoint written to {self.run.checkpoint}"
             if self.run
             else "no run folder, so nothing was saved"
         )
@@ -575,6 +574,7 @@ class Trainer:
             f"{self.stop.name} received: stopped {where}; {saved}",
             self.stop.signum or 0,
             self.state.step,
+            str(self.run.path) if self.run else None,
         )
 
     def _quiet(self) -> bool | None:
