@@ -156,3 +156,21 @@ def test_notebook_executes(notebook, monkeypatch):
         if "image/png" in o.get("data", {})
     ]
     assert images, "the notebook should show its figures"
+
+
+def test_clustering_inference_timing_alternates_and_reports_medians(tmp_path):
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "clustering_mnist.py"),
+        *("--data", "digits", "--limit", "200", "--hidden", "16", "--latent-dim", "4"),
+        *("--time-inference", "3", "--out", str(tmp_path)),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "clustering_mnist_inference.json").read_text())["results"]
+    assert 0 < record["rows"] <= 200 and len(record["rounds"]) == 3  # the training rows
+    for r in record["rounds"]:
+        assert r["vade"] > 0 and r["dmvae"] > 0
+        assert r["dmvae_over_vade"] == r["dmvae"] / r["vade"]
+    ratios = sorted(r["dmvae_over_vade"] for r in record["rounds"])
+    assert record["median"]["dmvae_over_vade"] == ratios[1]
