@@ -17,6 +17,7 @@ them as a non-finite step rather than as a crash.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -30,6 +31,17 @@ def is_finite(t: Any) -> bool:
     if isinstance(t, torch.Tensor):
         return not t.is_floating_point() or bool(torch.isfinite(t).all())
     return bool(torch.isfinite(torch.as_tensor(t)).all())
+
+
+def all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
+    """Whether every tensor (``None`` entries skipped) holds only finite values, in one fused
+    pass: the largest |x| of each tensor (``torch._foreach_norm`` with ord = inf, which carries
+    a NaN or inf through and cannot overflow), then a single test of those maxima."""
+    floats = [t for t in tensors if t is not None and t.is_floating_point()]
+    if not floats:
+        return True
+    maxima = torch._foreach_norm(floats, ord=math.inf)
+    return bool(torch.isfinite(torch.stack([m.to(floats[0].device) for m in maxima])).all())
 
 
 def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor | None]]) -> list[str]:

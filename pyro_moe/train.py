@@ -59,6 +59,7 @@ from pyro_moe.estimators.base import Estimator
 from pyro_moe.estimators.enum import Enumerate
 from pyro_moe.metrics import split_metrics
 from pyro_moe.nonfinite import (
+    all_finite,
     describe,
     is_invalid_parameter_error,
     nonfinite_sites,
@@ -334,9 +335,10 @@ class Trainer:
         if not torch.isfinite(loss):
             return self._nonfinite(f"the loss is {loss.item()}", x, y, rng)
         loss.backward()
-        self.parallel.after_backward(self.parameters())
-        bad = nonfinite_tensors((self.names.get(id(p), "?"), p.grad) for p in self.parameters())
-        if bad:
+        params = self.parameters()
+        self.parallel.after_backward(params)
+        if not all_finite(p.grad for p in params):  # one fused test; names only on failure
+            bad = nonfinite_tensors((self.names.get(id(p), "?"), p.grad) for p in params)
             return self._nonfinite(
                 f"the gradient of {', '.join(bad)} is not finite", x, y, rng, bad
             )
