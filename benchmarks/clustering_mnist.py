@@ -13,7 +13,13 @@ the diagonal prior); DMVAE's q(c|x) network is warm-started on the start's respo
 Both train with ``enum`` (the cluster summed out exactly). Written: accuracy / NMI / ARI on all
 training rows, a learning curve (accuracy on the 10,000 test images after every epoch), wall
 times, and q(c|x) inference time per 10,000 images (VaDE: encoder + p(c|z); DMVAE: the cluster
-network), Singh et al.'s "faster inference" claim.
+network), Singh et al.'s "faster inference" claim (``--time-inference ROUNDS`` times that
+alone, on untrained networks of the same sizes).
+
+Each ELBO run is checkpointed in ``--runs`` (``RUNS/MODEL_seedS``): a run cut by a signal or by
+``--budget-minutes`` continues where it stopped when the same command runs again (a larger
+budget or more ``--epochs`` extends it; ``--budget-minutes`` counts the training time of every
+part), so the paper's 300 epochs can span several sittings.
 
     python benchmarks/clustering_mnist.py --seed 0        # the whole recipe, one seed
     python benchmarks/clustering_mnist.py --seed 0 --pretrain-only --save-autoencoder ae0.pt
@@ -41,15 +47,25 @@ from pyro_moe.models.vade import PRIOR_INITS, VaDE, lr_step_decay, pretrain_and_
 from sklearn.cluster import KMeans
 
 from pyro_moe import metrics
-from pyro_moe.benchmarking import RESULTS, fixed_budget, markdown_table, run_script, write_results
+from pyro_moe.benchmarking import (
+    RESULTS,
+    TimeBudget,
+    check_run_folder,
+    fixed_budget,
+    markdown_table,
+    run_script,
+    write_results,
+)
 from pyro_moe.checkpoint import load_checkpoint, load_module_state, save_checkpoint
 from pyro_moe.cli import OneLineParser
 from pyro_moe.data import load_dataset
 from pyro_moe.errors import ConfigError, DataError
 from pyro_moe.experiment import build_estimator
 from pyro_moe.registry import GUIDES
+from pyro_moe.runs import RunFolder
 from pyro_moe.train import fit
 
+ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED = {"vade": 0.9446}  # Jiang et al. 2017, Table 2 (MNIST accuracy)
 
 
@@ -70,6 +86,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--name", default="clustering_mnist", help="results file name")
     p.add_argument(
+        "--runs",
+        help="checkpointed ELBO run folders, resumed when cut (default: runs/NAME, or OUT/runs "
+        "with --out)",
+    )
+    p.add_argument(
+        "--checkpoint-every", type=int, default=None, help="steps between checkpoints (epochs)"
+    )
+    p.add_argument(
         "--time-inference",
         type=int,
         default=None,
@@ -83,7 +107,13 @@ def parse_args() -> argparse.Namespace:
         help="only build NAME.md from the per-run files in this folder (pretrain_seed*, "
         "vade_seed*, dmvae_seed*.json)",
     )
-    return p.parse_args()
+    args = p.parse_args()
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        p.error("--checkpoint-every must be >= 1")
+    if args.runs is None:
+        out = Path(args.out).resolve()
+        args.runs = str(ROOT / "runs" / args.name if out == RESULTS.resolve() else out / "runs")
+    return args
 
 
 def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
@@ -136,18 +166,6 @@ def recipe_text(args: argparse.Namespace) -> str:
     )
 
 
-def stop_after(seconds: float | None):
-    """A fit callback that ends training before an epoch that would end past ``seconds`` of wall
-    time at the mean epoch time so far (the run then reports the epochs it did)."""
-
-    def callback(trainer) -> None:
-        state = trainer.state
-        if seconds is not None and state.wall_seconds * (state.epoch + 1) / state.epoch > seconds:
-            state.stop_reason = "time-budget"
-
-    return callback
-
-
 def load(args: argparse.Namespace):
     if args.data == "mnist":
         options = {"split": "all"}
@@ -174,21 +192,51 @@ def accuracy_callback(split, verbose: bool = True):
     return callback
 
 
+#: the options a checkpointed ELBO run depends on (not the epoch cap or the time budget, which a
+#: resumed run may raise)
+PROTOCOL_OPTIONS = (
+    *("data", "limit", "hidden", "latent_dim", "pretrain_epochs", "pretrain_batch_size"),
+    *("pretrain_lr", "ae_noise", "gmm_restarts", "init", "autoencoder", "batch_size", "lr"),
+    *("lr_decay", "decay_every", "cluster_net_epochs", "seed"),
+)
+
+
+def run_folder(name: str, args: argparse.Namespace) -> tuple[Path | None, bool, dict]:
+    """The ELBO run's checkpointed folder ``RUNS/NAME_seedS`` (None without ``--runs``), whether
+    it holds a run to resume, and the protocol recorded in it."""
+    expected = {"model": name, **{k: getattr(args, k, None) for k in PROTOCOL_OPTIONS}}
+    if getattr(args, "runs", None) is None:
+        return None, False, expected
+    run = RunFolder(Path(args.runs) / f"{name}_seed{args.seed}")
+    return run.path, check_run_folder(run, expected), expected
+
+
 def train_one(name, model, data, args, verbose: bool = True) -> dict:
     """Fit ``model`` (VaDE or DMVAE, after :func:`pretrain_models`) with ``enum`` and the recipe's
-    schedule; scores on every training row, the learning curve and the q(c|x) timing."""
+    schedule; scores on every training row, the learning curve and the q(c|x) timing. With
+    ``--runs`` the run is checkpointed (every epoch, or ``--checkpoint-every`` steps) and a run
+    folder holding a cut run resumes it: the checkpoint's model, prior and Adam state (with its
+    decayed learning rate) replace the freshly pretrained start."""
     guide = GUIDES[name](model)
     estimator = build_estimator("enum", model)
-    config = fixed_budget(args.epochs, args.batch_size, args.lr, args.seed, restore_best=False)
-    start = time.perf_counter()
+    config = fixed_budget(
+        args.epochs,
+        args.batch_size,
+        args.lr,
+        args.seed,
+        restore_best=False,
+        checkpoint_every=getattr(args, "checkpoint_every", None),
+    )
     budget = args.budget_minutes * 60 if args.budget_minutes else None
     callbacks = [
         accuracy_callback(data.valid, verbose),
         lr_step_decay(args.lr_decay, args.decay_every),
-        stop_after(budget),
+        TimeBudget(budget),
     ]
-    result = fit(model, guide, estimator, data, config, callbacks=callbacks)
-    wall = time.perf_counter() - start
+    path, resume, expected = run_folder(name, args)
+    info = {"model": name, "protocol": expected}
+    result = fit(model, guide, estimator, data, config, path, resume, info, callbacks)
+    wall = result.state.wall_seconds  # the training loop's, over every resumed part
     x, labels = data.train.x, data.train.labels
     scores = metrics.clustering_scores(labels, model.predict_cluster(x))
     timing_rows = x[: min(len(x), 10_000)]

@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import torch
-from dlgmm_tables import TimeBudget
 from matplotlib.figure import Figure
 from pyro_moe.models.dlgmm import DLGMM, NegativeELBO
 
-from pyro_moe.benchmarking import RESULTS, run_script, write_results
+from pyro_moe.benchmarking import RESULTS, TimeBudget, run_script, write_results
 from pyro_moe.cli import OneLineParser
 from pyro_moe.data import load_dataset
 from pyro_moe.registry import GUIDES

@@ -38,7 +38,13 @@ import torch
 from matplotlib.figure import Figure
 from pyro_moe.models.dlgmm import NegativeELBO
 
-from pyro_moe.benchmarking import RESULTS, check_run_folder, run_script, write_results
+from pyro_moe.benchmarking import (
+    RESULTS,
+    TimeBudget,
+    check_run_folder,
+    run_script,
+    write_results,
+)
 from pyro_moe.cli import OneLineParser
 from pyro_moe.data import load_dataset
 from pyro_moe.data.base import Split
@@ -108,19 +114,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         out = Path(args.out).resolve()
         args.runs = str(ROOT / "runs" / args.name if out == RESULTS.resolve() else out / "runs")
     return args
-
-
-class TimeBudget:
-    """Stop training once another epoch (at the mean epoch time so far) would end past
-    ``seconds`` of training wall time; a callback of :func:`~pyro_moe.train.fit`."""
-
-    def __init__(self, seconds: float | None) -> None:
-        self.seconds = seconds
-
-    def __call__(self, trainer) -> None:
-        state = trainer.state
-        if self.seconds is not None and state.wall_seconds * (1 + 1 / state.epoch) > self.seconds:
-            state.stop_reason = "time-budget"
 
 
 def thresholded(split: Split) -> tuple[torch.Tensor, torch.Tensor]:

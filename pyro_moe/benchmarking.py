@@ -25,6 +25,7 @@ from pyro_moe.tables import markdown_table
 
 __all__ = [
     "RESULTS",
+    "TimeBudget",
     "check_run_folder",
     "command_line",
     "fixed_budget",
@@ -35,6 +36,20 @@ __all__ = [
 ]
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+class TimeBudget:
+    """Stop training once another epoch (at the mean epoch time so far) would end past
+    ``seconds`` of training wall time, counted over every resumed part of the run (the
+    trainer's ``wall_seconds``); a callback of :func:`~pyro_moe.train.fit` (``None``: no cap)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+
+    def __call__(self, trainer) -> None:
+        state = trainer.state
+        if self.seconds is not None and state.wall_seconds * (1 + 1 / state.epoch) > self.seconds:
+            state.stop_reason = "time-budget"
 
 
 def check_run_folder(run: RunFolder, expected: dict[str, Any]) -> bool:

@@ -138,3 +138,24 @@ def test_the_elbo_runs_start_overrides_the_pretraining_records():
         "gmm_init": 0.94,
         "dmvae_start": 0.96,
     }
+
+
+def test_a_cut_elbo_run_resumes_to_the_uncut_runs_curve(tmp_path):
+    """One epoch, then the same command with --epochs 3, ends where an uncut 3-epoch run ends:
+    the checkpoint's model, prior and Adam state replace the re-pretrained start."""
+    tiny = [*SMALL, "--models", "vade"]
+    epochs = [i for i, a in enumerate(tiny) if a == "--epochs"][0]
+    for count, out in (("1", "cut"), ("3", "cut"), ("3", "whole")):
+        command = [*tiny[:epochs], "--epochs", count, *tiny[epochs + 2 :]]
+        done = run(*command, "--out", str(tmp_path / out))
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "cut" / "runs" / "vade_seed0" / "checkpoint.pt").is_file()
+    cut, whole = (
+        json.loads((tmp_path / out / "clustering_mnist.json").read_text())["results"]["vade"]
+        for out in ("cut", "whole")
+    )
+    assert cut["epochs"] == whole["epochs"] == 3
+    assert [c["valid_loss"] for c in cut["curve"]] == [c["valid_loss"] for c in whole["curve"]]
+    assert cut["accuracy"] == whole["accuracy"]
+    other = run(*tiny, "--lr", "0.01", "--out", str(tmp_path / "cut"))
+    assert other.returncode == 2 and "another protocol" in other.stderr
