@@ -22,9 +22,10 @@ vectorised Pyro path can approach, one per family: ``hand-gumbel`` (``overhead.h
 for the relaxed estimators, ``hand-st-gumbel`` (the same loss with ``hard=True``: the one-hot
 forward value onehot(argmax w) + w - stop(w) costs an argmax and a scatter more) for
 straight-through, ``hand-reinforce`` (``overhead.hand_moe_reinforce``) for the plain
-score function, ``hand-rloo`` (``overhead.hand_moe_rloo``, 4 samples) for the multi-sample score
-function estimators. ``floor_ratio`` is the family floor's vectorised rate over the row's, timed
-in its own run that alternates the row and its floor block by block on the same batch.
+score function, ``hand-rloo`` (``overhead.hand_moe_rloo``, 4 samples) for ``rloo`` and ``nvil``,
+``hand-vimco`` (``overhead.hand_moe_vimco``, 4 samples, the leave-one-out bound) for
+``vimco``. ``floor_ratio`` is the family floor's vectorised rate over the row's, timed in its own
+run that alternates the row and its floor block by block on the same batch.
 
     python benchmarks/harness_speed.py                 # full protocol, E = 1000, 1 and 2 threads
     python benchmarks/harness_speed.py --estimates 8   # smoke run
@@ -40,7 +41,7 @@ import time
 
 import pyro
 import torch
-from overhead import hand_moe_reinforce, hand_moe_relaxed, hand_moe_rloo
+from overhead import hand_moe_reinforce, hand_moe_relaxed, hand_moe_rloo, hand_moe_vimco
 from torch import nn
 
 from pyro_moe.benchmarking import markdown_table, write_results
@@ -52,7 +53,7 @@ from pyro_moe.variance import gradient_samples
 TARGET_SPEEDUP = 10.0
 ESTIMATORS = (
     *("reinforce", "rloo", "vimco", "nvil", "gumbel", "st-gumbel", "question"),
-    *("hand-reinforce", "hand-rloo", "hand-gumbel", "hand-st-gumbel"),
+    *("hand-reinforce", "hand-rloo", "hand-vimco", "hand-gumbel", "hand-st-gumbel"),
 )
 
 
@@ -77,7 +78,8 @@ HAND = {
     "hand-gumbel": (hand_moe_relaxed, ("gumbel", "question")),
     "hand-st-gumbel": (functools.partial(hand_moe_relaxed, hard=True), ("st-gumbel",)),
     "hand-reinforce": (hand_moe_reinforce, ("reinforce",)),
-    "hand-rloo": (hand_moe_rloo, ("rloo", "vimco", "nvil")),
+    "hand-rloo": (hand_moe_rloo, ("rloo", "nvil")),
+    "hand-vimco": (hand_moe_vimco, ("vimco",)),
 }
 FLOOR = {member: hand for hand, (_, family) in HAND.items() for member in family}
 

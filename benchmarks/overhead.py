@@ -101,9 +101,9 @@ def hand_moe_reinforce(model, guide, x, y) -> torch.Tensor:
     return surrogate + (-elbo - surrogate).detach()
 
 
-def hand_moe_rloo(model, guide, x, y, particles: int = 4) -> torch.Tensor:
-    """``rloo`` written out: S draws c_s ~ q(c|x, y) (Pyro's RNG call), per-point
-    f = log p(c|x) + log N(y; f_c(x), s_c^2) - log q(c|x, y) and the leave-one-out baseline."""
+def hand_moe_samples(model, guide, x, y, particles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """S draws c_s ~ q(c|x, y) (Pyro's RNG call) and their per-point
+    f = log p(c|x) + log N(y; f_c(x), s_c^2) - log q(c|x, y), with log q(c_s|x, y): ``[S, N]``."""
     logits = guide.logits(x, y)  # [N, K]
     c = dist.Categorical(logits=logits).expand((1, particles, len(x))).sample()[0]  # [S, N]
     log_q = torch.log_softmax(logits, -1).expand(c.shape + logits.shape[-1:])
@@ -113,8 +113,19 @@ def hand_moe_rloo(model, guide, x, y, particles: int = 4) -> torch.Tensor:
     z = (y[:, None, :] - out) / scale
     log_joint = log_gate + (-0.5 * z**2 - scale.log() - 0.9189385332046727).sum(-1)  # [N, K]
     f = log_joint.expand(log_q.shape + log_joint.shape[-1:]).gather(-1, c[..., None])[..., 0]
-    f = f - log_q
+    return f - log_q, log_q
+
+
+def hand_moe_rloo(model, guide, x, y, particles: int = 4) -> torch.Tensor:
+    """``rloo`` written out: S draws from q(c|x, y) and the leave-one-out baseline."""
+    f, log_q = hand_moe_samples(model, guide, x, y, particles)
     return hand_score_loss(f, log_q, (f.sum(0, keepdim=True) - f) / (particles - 1))
+
+
+def hand_moe_vimco(model, guide, x, y, particles: int = 4) -> torch.Tensor:
+    """``vimco`` written out: S draws from q(c|x, y), the S-sample bound and its leave-one-out
+    signals (:func:`hand_vimco_loss`)."""
+    return hand_vimco_loss(*hand_moe_samples(model, guide, x, y, particles))
 
 
 def hand_moe_relaxed(model, guide, x, y, temperature: float = 1.0, hard: bool = False):
@@ -234,9 +245,14 @@ def hand_cat_nvil(m, x, network: nn.Module) -> torch.Tensor:
 
 
 def hand_cat_vimco(m, x, particles: int) -> torch.Tensor:
+    """``vimco`` on the categorical VAE: :func:`hand_vimco_loss` of S draws from q(c|x)."""
+    return hand_vimco_loss(*hand_cat_samples(m, x, particles))
+
+
+def hand_vimco_loss(f: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """-L_S with the leave-one-out signals L_S - L_S^{-s} (the other samples' mean in place of
-    f_s) on log q(c_s|x)."""
-    f, log_q = hand_cat_samples(m, x, particles)  # [S, N]
+    f_s) on log q(c_s), from per-sample costs ``f`` and ``log_q`` ``[S, N]``."""
+    particles = f.shape[0]
     bound = torch.logsumexp(f, 0) - math.log(particles)  # [N]
     others = (f.sum(0, keepdim=True) - f) / (particles - 1)
     loo = torch.stack(

@@ -49,7 +49,8 @@ BENCHMARK_SMOKE_ARGS = {
     ],
     "harness_speed.py": [
         *("--estimates", "4", "--chunk", "2", "--estimators"),
-        "reinforce,rloo,gumbel,st-gumbel,hand-reinforce,hand-rloo,hand-gumbel,hand-st-gumbel",
+        "reinforce,rloo,vimco,gumbel,st-gumbel,hand-reinforce,hand-rloo,hand-vimco,hand-gumbel,"
+        "hand-st-gumbel",
         *("--threads", "1"),
     ],
     "memory.py": ["--steps", "2", "--growth-steps", "12", "--growth-rows", "60", "--batches", "4"],
