@@ -17,7 +17,6 @@ them as a non-finite step rather than as a crash.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -34,14 +33,15 @@ def is_finite(t: Any) -> bool:
 
 
 def all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
-    """Whether every tensor (``None`` entries skipped) holds only finite values, in one fused
-    pass: the largest |x| of each tensor (``torch._foreach_norm`` with ord = inf, which carries
-    a NaN or inf through and cannot overflow), then a single test of those maxima."""
+    """Whether every tensor (``None`` entries skipped) holds only finite values. Fast path: one
+    sum per tensor and one test of the sums; a NaN or inf entry makes its tensor's sum NaN or
+    inf, so finite sums prove every entry finite. A non-finite sum (a bad entry, or finite
+    entries whose sum overflows) is settled by the exact per-entry test."""
     floats = [t for t in tensors if t is not None and t.is_floating_point()]
     if not floats:
         return True
-    maxima = torch._foreach_norm(floats, ord=math.inf)
-    return bool(torch.isfinite(torch.stack([m.to(floats[0].device) for m in maxima])).all())
+    sums = torch.stack([t.sum().to(floats[0].device) for t in floats])
+    return bool(torch.isfinite(sums).all()) or all(is_finite(t) for t in floats)
 
 
 def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor | None]]) -> list[str]:
