@@ -51,6 +51,7 @@ from pyro_moe.benchmarking import (
     RESULTS,
     TimeBudget,
     check_run_folder,
+    default_runs_folder,
     fixed_budget,
     markdown_table,
     run_script,
@@ -65,7 +66,6 @@ from pyro_moe.registry import GUIDES
 from pyro_moe.runs import RunFolder
 from pyro_moe.train import fit
 
-ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED = {"vade": 0.9446}  # Jiang et al. 2017, Table 2 (MNIST accuracy)
 
 
@@ -87,8 +87,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--name", default="clustering_mnist", help="results file name")
     p.add_argument(
         "--runs",
-        help="checkpointed ELBO run folders, resumed when cut (default: runs/NAME, or OUT/runs "
-        "with --out)",
+        help="checkpointed ELBO run folders, resumed when cut (default: runs/NAME for results "
+        "under benchmarks/results, else OUT/runs)",
     )
     p.add_argument(
         "--checkpoint-every", type=int, default=None, help="steps between checkpoints (epochs)"
@@ -111,8 +111,7 @@ def parse_args() -> argparse.Namespace:
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         p.error("--checkpoint-every must be >= 1")
     if args.runs is None:
-        out = Path(args.out).resolve()
-        args.runs = str(ROOT / "runs" / args.name if out == RESULTS.resolve() else out / "runs")
+        args.runs = str(default_runs_folder(args.out, args.name))
     return args
 
 

@@ -17,11 +17,12 @@ score it. ``--max-seconds`` caps each model's training time (checked after each 
 ``--is-samples`` / ``--is-rows`` shrink the likelihood estimate, for runs on a small budget; the
 results say which caps were used.
 
-Each model trains in its own checkpointed run folder (``--runs``, default ``runs/NAME``, or
-``OUT/runs`` with ``--out``): a run cut by a signal or by ``--max-seconds`` resumes where it stopped
-when the same command runs again, and ``--max-seconds`` counts the training time of all its
-parts, so a larger cap continues a run that a smaller one stopped. A folder holding a run of
-another protocol (learning rate, batch size, widths, rows, look-ahead) is refused.
+Each model trains in its own checkpointed run folder (``--runs``; by default ``runs/NAME`` at
+the project root for results under ``benchmarks/results``, else ``OUT/runs``): a run cut by a
+signal or by ``--max-seconds`` resumes where it stopped when the same command runs again, and
+``--max-seconds`` counts the training time of all its parts, so a larger cap continues a run
+that a smaller one stopped. A folder holding a run of another protocol (learning rate, batch
+size, widths, rows, look-ahead) is refused.
 
     python benchmarks/dlgmm_tables.py --max-seconds 240 --is-samples 100
 """
@@ -42,6 +43,7 @@ from pyro_moe.benchmarking import (
     RESULTS,
     TimeBudget,
     check_run_folder,
+    default_runs_folder,
     run_script,
     write_results,
 )
@@ -54,8 +56,6 @@ from pyro_moe.registry import GUIDES, MODELS
 from pyro_moe.runs import RunFolder
 from pyro_moe.tables import markdown_table
 from pyro_moe.train import TrainConfig, fit
-
-ROOT = Path(__file__).resolve().parent.parent
 
 #: the paper's architectures as model options
 ARCHITECTURES = {
@@ -96,7 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--name", default="dlgmm_tables")
     p.add_argument(
-        "--runs", help="checkpointed run folders (default: runs/NAME, or OUT/runs with --out)"
+        "--runs",
+        help="checkpointed run folders (default: runs/NAME for results under "
+        "benchmarks/results, else OUT/runs)",
     )
     p.add_argument(
         "--checkpoint-every", type=int, default=None, help="steps between checkpoints (epochs)"
@@ -111,8 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         p.error("--checkpoint-every must be >= 1")
     if args.runs is None:
-        out = Path(args.out).resolve()
-        args.runs = str(ROOT / "runs" / args.name if out == RESULTS.resolve() else out / "runs")
+        args.runs = str(default_runs_folder(args.out, args.name))
     return args
 
 

@@ -55,6 +55,7 @@ from pyro_moe.benchmarking import (
     RESULTS,
     check_run_folder,
     command_line,
+    default_runs_folder,
     fixed_budget,
     markdown_table,
     run_script,
@@ -71,7 +72,6 @@ from pyro_moe.runs import RunFolder, versions
 from pyro_moe.train import fit
 
 NAME = "estimators_binarized_mnist"
-ROOT = Path(__file__).resolve().parent.parent
 #: Jang et al. 2017, Table 1, -ELBO of the categorical VAE on binarized MNIST (their names)
 PUBLISHED = {
     "SF (score function)": 110.6,
@@ -677,8 +677,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.best < 0 or args.anneal_rate < 0:
         raise ConfigError("--best and --anneal-rate must be >= 0")
     if args.runs is None:
-        out = Path(args.out).resolve()
-        args.runs = str(ROOT / "runs" / NAME if out == RESULTS.resolve() else out / "runs")
+        args.runs = str(default_runs_folder(args.out, NAME))
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -710,7 +709,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (every job on that device)")
     p.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints")
     p.add_argument("--max-nonfinite-skips", type=int, default=10)
-    p.add_argument("--runs", help="run folders (default: runs/NAME, or OUT/runs with --out)")
+    p.add_argument(
+        "--runs",
+        help="run folders (default: runs/NAME for results under benchmarks/results, else OUT/runs)",
+    )
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--assemble", action="store_true", help="only build the table from results")
     p.add_argument(

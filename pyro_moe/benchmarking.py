@@ -28,6 +28,7 @@ __all__ = [
     "TimeBudget",
     "check_run_folder",
     "command_line",
+    "default_runs_folder",
     "fixed_budget",
     "machine",
     "markdown_table",
@@ -36,6 +37,17 @@ __all__ = [
 ]
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+def default_runs_folder(out: str | Path, name: str) -> Path:
+    """Where a benchmark keeps its checkpointed run folders when ``--runs`` is not given: for
+    results written under ``benchmarks/results`` (committed), ``runs/<that subfolder>/NAME`` at
+    the project's root (ignored by git), so checkpoints never land in the results tree; for any
+    other ``--out``, ``OUT/runs``."""
+    out, results = Path(out).resolve(), RESULTS.resolve()
+    if out == results or results in out.parents:
+        return results.parent.parent / "runs" / out.relative_to(results) / name
+    return out / "runs"
 
 
 class TimeBudget:
