@@ -277,3 +277,12 @@ def test_a_new_batch_size_in_mid_epoch_is_refused_and_at_an_epoch_boundary_accep
     assert "middle of epoch 2" in err and "--batch-size 8" in err
     assert main([*resume, "--epochs", "2"]) == 0  # finishes epoch 2 with batches of 8
     assert main([*resume, "--epochs", "3", "--batch-size", "16"]) == 0
+
+
+def test_benchmark_checkpoints_stay_out_of_the_results_tree(tmp_path):
+    from pyro_moe.benchmarking import RESULTS, default_runs_folder
+
+    root = RESULTS.resolve().parent.parent
+    assert default_runs_folder(RESULTS, "tables") == root / "runs" / "." / "tables"
+    assert default_runs_folder(RESULTS / "sub", "x") == root / "runs" / "sub" / "x"
+    assert default_runs_folder(tmp_path, "x") == tmp_path.resolve() / "runs"
