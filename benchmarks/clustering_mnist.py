@@ -50,11 +50,12 @@ from pyro_moe import metrics
 from pyro_moe.benchmarking import (
     RESULTS,
     TimeBudget,
+    add_run_folder_arguments,
     check_run_folder,
-    default_runs_folder,
     fixed_budget,
     markdown_table,
     run_script,
+    settle_run_folder_arguments,
     write_results,
 )
 from pyro_moe.checkpoint import load_checkpoint, load_module_state, save_checkpoint
@@ -85,14 +86,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--name", default="clustering_mnist", help="results file name")
-    p.add_argument(
-        "--runs",
-        help="checkpointed ELBO run folders, resumed when cut (default: runs/NAME for results "
-        "under benchmarks/results, else OUT/runs)",
-    )
-    p.add_argument(
-        "--checkpoint-every", type=int, default=None, help="steps between checkpoints (epochs)"
-    )
+    add_run_folder_arguments(p)
     p.add_argument(
         "--time-inference",
         type=int,
@@ -108,10 +102,7 @@ def parse_args() -> argparse.Namespace:
         "vade_seed*, dmvae_seed*.json)",
     )
     args = p.parse_args()
-    if args.checkpoint_every is not None and args.checkpoint_every < 1:
-        p.error("--checkpoint-every must be >= 1")
-    if args.runs is None:
-        args.runs = str(default_runs_folder(args.out, args.name))
+    settle_run_folder_arguments(p, args, args.name)
     return args
 
 

@@ -42,9 +42,10 @@ from pyro_moe.models.dlgmm import NegativeELBO
 from pyro_moe.benchmarking import (
     RESULTS,
     TimeBudget,
+    add_run_folder_arguments,
     check_run_folder,
-    default_runs_folder,
     run_script,
+    settle_run_folder_arguments,
     write_results,
 )
 from pyro_moe.cli import OneLineParser
@@ -95,14 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--name", default="dlgmm_tables")
-    p.add_argument(
-        "--runs",
-        help="checkpointed run folders (default: runs/NAME for results under "
-        "benchmarks/results, else OUT/runs)",
-    )
-    p.add_argument(
-        "--checkpoint-every", type=int, default=None, help="steps between checkpoints (epochs)"
-    )
+    add_run_folder_arguments(p)
     args = p.parse_args(argv)
     unknown = [m for m in args.models.split(",") if m not in ARCHITECTURES]
     if unknown:
@@ -110,10 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("epochs", "patience", "batch_size", "is_samples", "is_sample_batch"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.checkpoint_every is not None and args.checkpoint_every < 1:
-        p.error("--checkpoint-every must be >= 1")
-    if args.runs is None:
-        args.runs = str(default_runs_folder(args.out, args.name))
+    settle_run_folder_arguments(p, args, args.name)
     return args
 
 

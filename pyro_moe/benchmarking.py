@@ -26,6 +26,7 @@ from pyro_moe.tables import markdown_table
 __all__ = [
     "RESULTS",
     "TimeBudget",
+    "add_run_folder_arguments",
     "check_run_folder",
     "command_line",
     "default_runs_folder",
@@ -33,10 +34,32 @@ __all__ = [
     "machine",
     "markdown_table",
     "run_script",
+    "settle_run_folder_arguments",
     "write_results",
 ]
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+def add_run_folder_arguments(parser: Any) -> None:
+    """``--runs`` and ``--checkpoint-every`` for a benchmark that trains in checkpointed run
+    folders (finish with :func:`settle_run_folder_arguments`)."""
+    parser.add_argument(
+        "--runs",
+        help="checkpointed run folders, resumed when cut (default: runs/NAME for results under "
+        "benchmarks/results, else OUT/runs)",
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=None, help="steps between checkpoints (epochs)"
+    )
+
+
+def settle_run_folder_arguments(parser: Any, args: Any, name: str) -> None:
+    """Refuse ``--checkpoint-every`` below 1 and fill in the default ``--runs``."""
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        parser.error("--checkpoint-every must be >= 1")
+    if args.runs is None:
+        args.runs = str(default_runs_folder(args.out, name))
 
 
 def default_runs_folder(out: str | Path, name: str) -> Path:
