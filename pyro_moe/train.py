@@ -337,7 +337,7 @@ class Trainer:
         loss.backward()
         params = self.parameters()
         self.parallel.after_backward(params)
-        if not all_finite(p.grad for p in params):  # one fused test; names only on failure
+        if not all_finite(p.grad for p in params):  # sums first; names only on failure
             bad = nonfinite_tensors((self.names.get(id(p), "?"), p.grad) for p in params)
             return self._nonfinite(
                 f"the gradient of {', '.join(bad)} is not finite", x, y, rng, bad
