@@ -43,6 +43,21 @@ def test_protocol_runs_resumes_and_assembles(tmp_path):
     assert relaxed["estimator_options"]["schedule"] == "exp"
     assert relaxed["curve"][0]["tau"] == pytest.approx(math.exp(-1e-4 * 2))  # after 2 steps
     assert record["machine"]["start"]["torch_threads"] == 1
+    assert "test_neg_relaxed_elbo" not in record  # reinforce has no temperature
+    assert relaxed["relaxed_tau"] == pytest.approx(math.exp(-1e-4 * 2))
+    assert math.isfinite(relaxed["test_neg_relaxed_elbo"]) and relaxed["relaxed_samples"] == 100
+
+    # the relaxed score is added to a result that lacks it from its run folder, training nothing
+    path = out / NAME / "st-gumbel_seed0.json"
+    bare = {k: v for k, v in relaxed.items() if not k.startswith("relaxed_") and "relaxed" not in k}
+    path.write_text(json.dumps(bare))
+    metrics = (runs / "st-gumbel_seed0" / "metrics.csv").read_text()
+    rescored = run(*TINY, "--rescore-relaxed", "--out", str(out), "--runs", str(runs))
+    assert rescored.returncode == 0, rescored.stderr[-3000:]
+    again_relaxed = json.loads(path.read_text())
+    assert again_relaxed["test_neg_relaxed_elbo"] == relaxed["test_neg_relaxed_elbo"]
+    assert again_relaxed["steps"] == relaxed["steps"]
+    assert (runs / "st-gumbel_seed0" / "metrics.csv").read_text() == metrics
     assert len(record["machine"]["end"]["load_average"]) == 3
 
     # a lost result file is rebuilt from the finished run folder, with the same numbers
@@ -61,6 +76,7 @@ def test_protocol_runs_resumes_and_assembles(tmp_path):
     table = (fresh / f"{NAME}.md").read_text()
     assert "| reinforce |" in table and "| st-gumbel |" in table and "| 0,1 |" in table
     assert "Gumbel-Softmax | 101.5" in table
+    assert "at tau 0.9998 |" in table  # st-gumbel's relaxed column
     assert (fresh / f"{NAME}.png").stat().st_size > 0
 
     # a result file of another protocol is refused, not mixed in silently
