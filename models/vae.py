@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from time import perf_counter
-from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -60,10 +59,6 @@ def parse_sizes(hidden: Sequence[int] | str | int, name: str = "hidden") -> tupl
     return sizes
 
 
-def check_positive_int(name: str, value: Any) -> int:
-    return check_int(name, value)
-
-
 @MODELS.register("vae")
 class VAE(PyroModel):
     """Gaussian-latent VAE with a Bernoulli or Gaussian decoder; no clusters."""
@@ -94,7 +89,7 @@ class VAE(PyroModel):
     ) -> None:
         sizes = parse_sizes(hidden)
         super().__init__()
-        check_positive_int("latent_dim", latent_dim)
+        check_int("latent_dim", latent_dim)
         if likelihood not in LIKELIHOODS:
             raise ConfigError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         if min_scale <= 0:
@@ -168,8 +163,8 @@ class VAE(PyroModel):
         ``optimizer_state``: Adam's state from an earlier call (a resumed pretraining);
         ``on_epoch(epoch, loss, optimizer)``: called after each epoch (checkpoints, probes).
         Returns the mean training loss of each epoch (fewer than ``epochs`` if cut)."""
-        check_positive_int("epochs", epochs)
-        check_positive_int("batch_size", batch_size)
+        check_int("epochs", epochs)
+        check_int("batch_size", batch_size)
         check_number("noise", noise, positive=False)
         check_number("max_seconds", max_seconds, optional=True)
         if not 0.0 <= noise < 1.0:
