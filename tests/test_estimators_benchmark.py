@@ -19,7 +19,7 @@ SCRIPT = ROOT / "benchmarks" / "estimators_binarized_mnist.py"
 NAME = "estimators_binarized_mnist"
 TINY = [
     *("--limit", "200", "--epochs", "1", "--test-samples", "4", "--valid-samples", "1"),
-    *("--estimators", "reinforce,st-gumbel", "--best", "1", "--more-seeds", "1"),
+    *("--estimators", "reinforce,gumbel", "--best", "1", "--more-seeds", "1"),
 ]
 
 
@@ -34,12 +34,12 @@ def test_protocol_runs_resumes_and_assembles(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     files = sorted(p.name for p in (out / NAME).glob("*.json"))
     best = json.loads((out / f"{NAME}.json").read_text())["results"]["rows"][0]["estimator"]
-    assert files == sorted(["reinforce_seed0.json", "st-gumbel_seed0.json", f"{best}_seed1.json"])
+    assert files == sorted(["reinforce_seed0.json", "gumbel_seed0.json", f"{best}_seed1.json"])
     record = json.loads((out / NAME / "reinforce_seed0.json").read_text())
     assert record["steps"] == 2 and record["protocol"]["train_rows"] == 200
     assert record["test_neg_iw_bound"] <= record["test_neg_elbo"]  # L_S >= ELBO per image
     assert [c["epoch"] for c in record["curve"]] == [1] and "load" in record["curve"][0]
-    relaxed = json.loads((out / NAME / "st-gumbel_seed0.json").read_text())
+    relaxed = json.loads((out / NAME / "gumbel_seed0.json").read_text())
     assert relaxed["estimator_options"]["schedule"] == "exp"
     assert relaxed["curve"][0]["tau"] == pytest.approx(math.exp(-1e-4 * 2))  # after 2 steps
     assert record["machine"]["start"]["torch_threads"] == 1
@@ -48,16 +48,16 @@ def test_protocol_runs_resumes_and_assembles(tmp_path):
     assert math.isfinite(relaxed["test_neg_relaxed_elbo"]) and relaxed["relaxed_samples"] == 100
 
     # the relaxed score is added to a result that lacks it from its run folder, training nothing
-    path = out / NAME / "st-gumbel_seed0.json"
+    path = out / NAME / "gumbel_seed0.json"
     bare = {k: v for k, v in relaxed.items() if not k.startswith("relaxed_") and "relaxed" not in k}
     path.write_text(json.dumps(bare))
-    metrics = (runs / "st-gumbel_seed0" / "metrics.csv").read_text()
+    metrics = (runs / "gumbel_seed0" / "metrics.csv").read_text()
     rescored = run(*TINY, "--rescore-relaxed", "--out", str(out), "--runs", str(runs))
     assert rescored.returncode == 0, rescored.stderr[-3000:]
     again_relaxed = json.loads(path.read_text())
     assert again_relaxed["test_neg_relaxed_elbo"] == relaxed["test_neg_relaxed_elbo"]
     assert again_relaxed["steps"] == relaxed["steps"]
-    assert (runs / "st-gumbel_seed0" / "metrics.csv").read_text() == metrics
+    assert (runs / "gumbel_seed0" / "metrics.csv").read_text() == metrics
     assert len(record["machine"]["end"]["load_average"]) == 3
 
     # a lost result file is rebuilt from the finished run folder, with the same numbers
@@ -74,9 +74,9 @@ def test_protocol_runs_resumes_and_assembles(tmp_path):
     assembled = run("--assemble", "--out", str(fresh))
     assert assembled.returncode == 0, assembled.stderr[-3000:]
     table = (fresh / f"{NAME}.md").read_text()
-    assert "| reinforce |" in table and "| st-gumbel |" in table and "| 0,1 |" in table
+    assert "| reinforce |" in table and "| gumbel |" in table and "| 0,1 |" in table
     assert "Gumbel-Softmax | 101.5" in table
-    assert "at tau 0.9998 |" in table  # st-gumbel's relaxed column
+    assert "at tau 0.9998 |" in table  # gumbel's relaxed column
     assert (fresh / f"{NAME}.png").stat().st_size > 0
 
     # a result file of another protocol is refused, not mixed in silently
@@ -122,6 +122,7 @@ def test_cut_runs_are_recorded_and_compared_at_equal_steps(tmp_path):
     assert not (out / NAME / "cut" / "st-gumbel_seed0.json").exists()  # it has its result
     table = (out / f"{NAME}.md").read_text()
     finished = json.loads((out / NAME / "st-gumbel_seed0.json").read_text())
+    assert "test_neg_relaxed_elbo" not in finished  # its decoder trains on one-hot codes
     at_two = next(c["valid_loss"] for c in finished["curve"] if c["step"] == 2)
     assert "valid -ELBO at step 2 " in table
     assert "| st-gumbel | 0 | finished | cpu" in table and f"{at_two:.2f}" in table
