@@ -169,11 +169,17 @@ def machine_facts(device: str = "cpu") -> dict[str, Any]:
     return facts
 
 
+def images_per_chunk(x: torch.Tensor, samples: int) -> int:
+    """Test images scored at once with ``samples`` draws each: decoder activations near 100 MB
+    (2.5 GB on a GPU)."""
+    rows = 500_000 if x.is_cuda else 20_000
+    return max(1, rows // samples)
+
+
 def test_bounds(model, guide, x: torch.Tensor, samples: int) -> tuple[float, float]:
     """(-ELBO, -L_S) per image averaged over ``x`` (module docstring), S = ``samples``; ``x``
     on the device of the model's parameters."""
-    rows = 500_000 if x.is_cuda else 20_000  # decoder activations near 100 MB (2.5 GB on a GPU)
-    chunk = max(1, rows // samples)
+    chunk = images_per_chunk(x, samples)
     elbo = iw = 0.0
     with torch.no_grad():
         for start in range(0, len(x), chunk):
@@ -210,19 +216,19 @@ def relaxed_score(model, estimator, x: torch.Tensor, samples: int) -> dict[str, 
     ``concrete``): the test mean of the relaxed objective at its final tau,
     :meth:`~pyro_moe.models.cat_vae.CategoricalVAE.relaxed_neg_elbo` (Gumbel-softmax codes into
     the decoder, closed-form categorical KL; the loss of the categorical-VAE notebook published
-    with Jang et al. 2017), ``samples`` noise draws per image from a generator seeded 0; empty for
-    other estimators (straight-through ones feed the decoder one-hot codes, as the discrete
-    -ELBO does)."""
+    with Jang et al. 2017), ``samples`` noise draws per image, drawn after torch.manual_seed(0);
+    empty for other estimators (straight-through ones feed the decoder one-hot codes, as the
+    discrete -ELBO does)."""
     if getattr(estimator, "mode", None) != "soft":
         return {}
     tau = float(estimator.temperature())
-    generator = torch.Generator().manual_seed(0)
-    chunk = max(1, 20_000 // samples)
+    chunk = images_per_chunk(x, samples)
     total = 0.0
-    with torch.no_grad():
+    with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+        torch.manual_seed(0)  # the same noise on every rescoring; the caller's RNG untouched
         for start in range(0, len(x), chunk):
             batch = x[start : start + chunk]
-            total += model.relaxed_neg_elbo(batch, tau, samples, generator).sum().item()
+            total += model.relaxed_neg_elbo(batch, tau, samples).sum().item()
     return {"test_neg_relaxed_elbo": total / len(x), "relaxed_tau": tau, "relaxed_samples": samples}
 
 

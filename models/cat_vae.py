@@ -32,6 +32,7 @@ from pyro.infer import Trace_ELBO
 
 from pyro_moe.base import PyroModel, check_num_components, data_plate
 from pyro_moe.errors import ConfigError
+from pyro_moe.estimators.relaxed import gumbel_like
 from pyro_moe.gate import select
 from pyro_moe.nn import mlp
 from pyro_moe.registry import MODELS
@@ -124,13 +125,7 @@ class CategoricalVAE(PyroModel):
         code = onehot.movedim(-3, -2).flatten(-2)  # [..., N, L*K]
         return self.decoder(code).unsqueeze(-3)
 
-    def relaxed_neg_elbo(
-        self,
-        x: torch.Tensor,
-        temperature: float,
-        samples: int,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+    def relaxed_neg_elbo(self, x: torch.Tensor, temperature: float, samples: int) -> torch.Tensor:
         """The relaxed objective Jang et al.'s reference code reports, per image ``[N]``:
 
             -( (1/S) sum_s log p(x | y_s) ) + sum_l sum_k q_lk log(K q_lk),
@@ -143,10 +138,8 @@ class CategoricalVAE(PyroModel):
         one-hot and the expectation becomes the discrete -ELBO.
         """
         logits = torch.log_softmax(self.cluster_logits(x), -1)  # [L, N, K]
-        noise_shape = (samples, *logits.shape)
-        uniform = torch.rand(noise_shape, generator=generator, dtype=logits.dtype)
-        gumbel = -torch.log(-torch.log(uniform.clamp_min(torch.finfo(logits.dtype).tiny)))
-        y = torch.softmax((logits + gumbel.to(logits.device)) / temperature, -1)  # [S, L, N, K]
+        noisy = logits.expand(samples, *logits.shape)
+        y = torch.softmax((noisy + gumbel_like(noisy)) / temperature, -1)  # [S, L, N, K]
         likelihood = dist.Bernoulli(logits=self.decode(y).squeeze(-3), validate_args=False)
         log_lik = likelihood.log_prob(x.reshape(x.shape[0], -1)).sum(-1).mean(0)  # [N]
         kl = (logits.exp() * (logits + math.log(self.num_components))).sum((0, -1))  # [N]
