@@ -53,12 +53,13 @@ import torch
 
 from pyro_moe.benchmarking import (
     RESULTS,
+    add_run_folder_arguments,
     check_run_folder,
     command_line,
-    default_runs_folder,
     fixed_budget,
     markdown_table,
     run_script,
+    settle_run_folder_arguments,
 )
 from pyro_moe.checkpoint import atomic_write_json, atomic_write_text
 from pyro_moe.cli import OneLineParser
@@ -760,8 +761,6 @@ def check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.best < 0 or args.anneal_rate < 0:
         raise ConfigError("--best and --anneal-rate must be >= 0")
-    if args.runs is None:
-        args.runs = str(default_runs_folder(args.out, NAME))
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -791,12 +790,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="processes, at most one per core")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (every job on that device)")
-    p.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints")
+    add_run_folder_arguments(p, checkpoint_every=250)
     p.add_argument("--max-nonfinite-skips", type=int, default=10)
-    p.add_argument(
-        "--runs",
-        help="run folders (default: runs/NAME for results under benchmarks/results, else OUT/runs)",
-    )
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument(
         "--relaxed-samples",
@@ -819,5 +814,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = parser()
+    args = p.parse_args(argv)
+    settle_run_folder_arguments(p, args, NAME)
+    return args
+
+
 if __name__ == "__main__":
-    run_script(lambda: main(parser().parse_args()))
+    run_script(lambda: main(parse_args()))

@@ -41,16 +41,22 @@ __all__ = [
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
-def add_run_folder_arguments(parser: Any) -> None:
-    """``--runs`` and ``--checkpoint-every`` for a benchmark that trains in checkpointed run
-    folders (finish with :func:`settle_run_folder_arguments`)."""
+def add_run_folder_arguments(parser: Any, checkpoint_every: int | None = None) -> None:
+    """``--runs`` and ``--checkpoint-every`` (default ``checkpoint_every`` steps; None: at each
+    epoch's end) for a benchmark that trains in checkpointed run folders (finish with
+    :func:`settle_run_folder_arguments`)."""
     parser.add_argument(
         "--runs",
         help="checkpointed run folders, resumed when cut (default: runs/NAME for results under "
         "benchmarks/results, else OUT/runs)",
     )
     parser.add_argument(
-        "--checkpoint-every", type=int, default=None, help="steps between checkpoints (epochs)"
+        "--checkpoint-every",
+        type=int,
+        default=checkpoint_every,
+        help="steps between checkpoints (default: "
+        + ("epochs" if checkpoint_every is None else str(checkpoint_every))
+        + ")",
     )
 
 
