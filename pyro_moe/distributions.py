@@ -54,9 +54,9 @@ def _unit_interval_bounds(dtype: torch.dtype) -> tuple[float, float]:
 class Kumaraswamy(dist.TorchDistribution):
     """Kumaraswamy(a, b) on (0, 1): density ``a b x^(a-1) (1 - x^a)^(b-1)``.
 
-    Sampling inverts the CDF ``F(x) = 1 - (1 - x^a)^b`` in log space::
+    Sampling inverts the CDF ``F(x) = 1 - (1 - x^a)^b`` in log space (:meth:`icdf`)::
 
-        log x = log(-expm1(log1p(-u) / b)) / a,   u ~ U(0, 1)
+        log x = log(1 - exp(-e^s)) / a,   s = log(-log1p(-u)) - log b,   u ~ U(0, 1)
 
     which is accurate for ``u`` near 0 and near 1, where the textbook form
     ``(1 - (1 - u)^(1/b))^(1/a)`` rounds to exactly 0 or 1. Samples are clamped into
@@ -84,8 +84,18 @@ class Kumaraswamy(dist.TorchDistribution):
         shape = self._extended_shape(torch.Size(sample_shape))
         low, high = _unit_interval_bounds(self.a.dtype)
         u = torch.rand(shape, dtype=self.a.dtype, device=self.a.device).clamp(low, high)
-        log_x = torch.log(-torch.expm1(torch.log1p(-u) / self.b)) / self.a
-        return log_x.exp().clamp(low, high)
+        return self.icdf(u).clamp(low, high)
+
+    def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        """F^-1(u) = (1 - (1 - u)^(1/b))^(1/a) for u in (0, 1), in log space::
+
+            s = log(-log(1 - u)) - log b,   log x = log(1 - exp(-e^s)) / a
+
+        Forming s as a difference of logs, not ``log(1 - u) / b``, matters for small u and large
+        b: the quotient falls below float32's smallest normal number (u = 1e-38, b = 1e4) and
+        the gradient of the log of a subnormal overflows to inf."""
+        s = torch.log(-torch.log1p(-value)) - torch.log(self.b)
+        return (_log1m_exp_neg_exp(s) / self.a).exp()
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
@@ -121,6 +131,15 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     near_zero = torch.log(-torch.expm1(x.clamp(min=cut)))
     far = torch.log1p(-torch.exp(x.clamp(max=cut)))
     return torch.where(x > cut, near_zero, far)
+
+
+def _log1m_exp_neg_exp(s: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(-e^s)), with finite value and gradient for every finite s: below s = -10
+    the series log t - t/2 (t = e^s; the next term, t^2/24, is under 1e-10), above it
+    :func:`_log1mexp` of -t (t capped at e^30, where the value is 0 to float64's precision)."""
+    series = s - 0.5 * torch.exp(s.clamp(max=-10.0))
+    direct = _log1mexp(-torch.exp(s.clamp(-10.0, 30.0)))
+    return torch.where(s < -10.0, series, direct)
 
 
 @functools.lru_cache(maxsize=16)
