@@ -255,9 +255,8 @@ def hand_vimco_loss(f: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     particles = f.shape[0]
     bound = torch.logsumexp(f, 0) - math.log(particles)  # [N]
     others = (f.sum(0, keepdim=True) - f) / (particles - 1)
-    loo = torch.stack(
-        [torch.cat([f[:s], others[s : s + 1], f[s + 1 :]]).logsumexp(0) for s in range(particles)]
-    ) - math.log(particles)
+    own = torch.eye(particles, dtype=torch.bool, device=f.device)[..., None]  # [S, S, 1]
+    loo = torch.where(own, others[:, None], f[None]).logsumexp(1) - math.log(particles)
     surrogate = bound + ((bound - loo).detach() * log_q).sum(0)
     return -surrogate.sum() + (surrogate.sum() - bound.sum()).detach()
 
