@@ -301,6 +301,7 @@ class Trainer:
         self.batch_size = config.batch_size or min(DEFAULT_BATCH_SIZE, len(data.train))
         self.state = TrainState(batch_size=self.batch_size)
         self.history: list[dict[str, Any]] = []
+        self.last_validation: dict[str, float] = {}  # the latest epoch's validation metrics
         self.best_params: dict[str, Any] | None = None
         self.callbacks = tuple(callbacks)
         self.stop = StopRequest()  # set by fit's signal handlers
@@ -601,6 +602,7 @@ class Trainer:
         self.state.epoch += 1
         self.state.batch, self.state.loss_sum, self.state.loss_count = 0, 0.0, 0
         metrics = self.validate()
+        self.last_validation = metrics
         self.update_early_stopping(metrics)
         row = {
             "step": self.state.step,
@@ -651,8 +653,9 @@ def fit(
             locked while ``fit`` runs (:meth:`~pyro_moe.runs.RunFolder.lock`).
         run_info: what to record in config.json besides the training options (names, options).
         callbacks: functions ``callback(trainer) -> dict | None`` called after each epoch's
-            validation; the dicts they return are added to that epoch's metrics row (e.g.
-            gradient-variance measurements during training). They must not touch the global RNG
+            validation (whose metrics they can read in ``trainer.last_validation``); the dicts
+            they return are added to that epoch's metrics row (e.g. gradient-variance
+            measurements during training). They must not touch the global RNG
             if the run is to stay resumable bit for bit (use ``torch.random.fork_rng``).
 
     Returns:

@@ -8,9 +8,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "clustering_mnist.py"
@@ -159,3 +161,30 @@ def test_a_cut_elbo_run_resumes_to_the_uncut_runs_curve(tmp_path):
     assert cut["accuracy"] == whole["accuracy"]
     other = run(*tiny, "--lr", "0.01", "--out", str(tmp_path / "cut"))
     assert other.returncode == 2 and "another protocol" in other.stderr
+
+
+def test_the_curve_copies_the_validation_scores_of_the_same_split():
+    """With ``validated`` the callback reads the epoch's validation scores instead of running
+    the encoder over the rows again; without it, it scores the split itself."""
+    module = load_script()
+    split = SimpleNamespace(x=torch.zeros(4, 2), labels=torch.tensor([0, 0, 1, 1]))
+    calls = []
+
+    def predict_cluster(x):
+        calls.append(len(x))
+        return torch.tensor([1, 1, 0, 1])
+
+    trainer = SimpleNamespace(
+        model=SimpleNamespace(predict_cluster=predict_cluster),
+        last_validation={
+            "valid_loss": 3.0,
+            "valid_accuracy": 0.5,
+            "valid_nmi": 0.25,
+            "valid_ari": -0.1,
+        },  # fmt: skip
+        state=SimpleNamespace(epoch=1, wall_seconds=0.0),
+    )
+    copied = module.accuracy_callback(split, verbose=False, validated=True)(trainer)
+    assert copied == {"curve_accuracy": 0.5, "curve_nmi": 0.25, "curve_ari": -0.1} and not calls
+    scored = module.accuracy_callback(split, verbose=False)(trainer)
+    assert calls == [4] and scored["curve_accuracy"] == 0.75
