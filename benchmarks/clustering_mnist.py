@@ -173,7 +173,7 @@ def accuracy_callback(split, verbose: bool = True, validated: bool = False):
 
     ``validated``: ``split`` is the trainer's validation split, whose scores the epoch's
     validation has already computed (``valid_accuracy``, ...); they are copied, not computed
-    again (a second pass of the encoder over every row)."""
+    again (a second pass of the encoder over the split)."""
 
     def callback(trainer) -> dict[str, float]:
         done = {k: trainer.last_validation.get(f"valid_{k}") for k in CURVE_SCORES}
