@@ -181,7 +181,7 @@ def test_the_curve_copies_the_validation_scores_of_the_same_split():
             "valid_accuracy": 0.5,
             "valid_nmi": 0.25,
             "valid_ari": -0.1,
-        },  # fmt: skip
+        },
         state=SimpleNamespace(epoch=1, wall_seconds=0.0),
     )
     copied = module.accuracy_callback(split, verbose=False, validated=True)(trainer)
