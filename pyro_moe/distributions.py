@@ -124,9 +124,12 @@ def _beta_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return _log_beta_fn(x, y).exp()
 
 
-def _log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(x)) for x < 0, accurate at both ends (Maechler 2012), with finite gradients
-    in the branch that ``where`` discards."""
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(-|x|)): log(1 - e^x) for x <= 0, accurate at both ends (Maechler 2012,
+    "Accurately computing log(1 - exp(-|a|))"): log(-expm1(x)) above -log 2, log1p(-e^x) below,
+    each branch clamped to its side so the gradient ``where`` discards stays finite. A positive
+    x (a log-probability rounded above 0) is read as -|x|."""
+    x = -x.abs()
     cut = -math.log(2.0)
     near_zero = torch.log(-torch.expm1(x.clamp(min=cut)))
     far = torch.log1p(-torch.exp(x.clamp(max=cut)))
@@ -136,9 +139,9 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
 def _log1m_exp_neg_exp(s: torch.Tensor) -> torch.Tensor:
     """log(1 - exp(-e^s)), with finite value and gradient for every finite s: below s = -10
     the series log t - t/2 (t = e^s; the next term, t^2/24, is under 1e-10), above it
-    :func:`_log1mexp` of -t (t capped at e^30, where the value is 0 to float64's precision)."""
+    :func:`log1mexp` of -t (t capped at e^30, where the value is 0 to float64's precision)."""
     series = s - 0.5 * torch.exp(s.clamp(max=-10.0))
-    direct = _log1mexp(-torch.exp(s.clamp(-10.0, 30.0)))
+    direct = log1mexp(-torch.exp(s.clamp(-10.0, 30.0)))
     return torch.where(s < -10.0, series, direct)
 
 
@@ -169,8 +172,8 @@ def expected_log1m_kumaraswamy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
     log_t, weight = _tanh_sinh_nodes(a.dtype, str(a.device))
     x = log_t / b[..., None]
     tiny = x < -30
-    inner = _log1mexp(x.clamp(min=-30)) / a[..., None]
-    value = torch.where(tiny, x - torch.log(a)[..., None], _log1mexp(inner))
+    inner = log1mexp(x.clamp(min=-30)) / a[..., None]
+    value = torch.where(tiny, x - torch.log(a)[..., None], log1mexp(inner))
     return (value * weight).sum(-1)
 
 

@@ -14,6 +14,7 @@ from scipy import integrate, special
 from pyro_moe.distributions import (
     Kumaraswamy,
     kl_kumaraswamy_beta,
+    log1mexp,
     positive_scale,
     relaxed_one_hot_log_prob,
     sample_relaxed_one_hot,
@@ -125,6 +126,20 @@ def test_kumaraswamy_samples_near_0_and_1_stay_inside_with_finite_log_prob(a, b)
     assert torch.isfinite(log_prob).all()
     (x.sum() + log_prob.sum()).backward()
     assert torch.isfinite(a_.grad) and torch.isfinite(b_.grad)
+
+
+def test_log1mexp_is_float64s_on_both_sides_of_log_2_with_finite_gradients():
+    """log(1 - e^x) in float32 against float64's log(-expm1(x)) from x = -1e-30 to -80, to 2e-6
+    relative, with a finite gradient at every point (the branch ``where`` drops included); a
+    log-probability rounded just above 0 is read as -|x|."""
+    points = [-1e-30, -1e-7, -0.1, -0.69, -0.6932, -1.0, -5.0, -20.0, -80.0]
+    x = torch.tensor(points, requires_grad=True)
+    value = log1mexp(x)
+    value.sum().backward()
+    exact = np.log(-np.expm1(np.array(points, dtype=np.float64)))
+    assert np.allclose(value.detach().double().numpy(), exact, rtol=2e-6, atol=0)
+    assert torch.isfinite(x.grad).all()
+    assert log1mexp(torch.tensor(1e-7)) == log1mexp(torch.tensor(-1e-7))
 
 
 def _kumaraswamy_icdf_float64(u: np.ndarray, a: float, b: float) -> np.ndarray:

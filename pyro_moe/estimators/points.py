@@ -157,12 +157,6 @@ def points_back(values: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return values.permute(0, 2, 3, 1).reshape(logits.shape[:-1])
 
 
-def log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(x)) for x <= 0, accurate on both sides of -log 2 (Maechler 2012)."""
-    x = -x.abs()
-    return torch.where(x > -0.693, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
-
-
 def _shifted_gumbels(phi: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
     """Gumbels with locations ``phi`` ``[..., B, K]`` conditioned on their maximum over K being
     ``top`` ``[..., B]`` (Kool et al. 2019, App. B, in the numerically stable form)."""
@@ -267,7 +261,6 @@ __all__ = [
     "cells_first",
     "draws",
     "joint_size",
-    "log1mexp",
     "points_back",
     "probe_site",
     "top_k_assignments",

@@ -34,13 +34,13 @@ from typing import Any
 
 import torch
 
+from pyro_moe.distributions import log1mexp
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.points import (
     PointCosts,
     PointEstimator,
     cells_first,
     joint_size,
-    log1mexp,
     points_back,
     top_k_assignments,
 )
