@@ -19,7 +19,8 @@ alone, on untrained networks of the same sizes).
 Each ELBO run is checkpointed in ``--runs`` (``RUNS/MODEL_seedS``): a run cut by a signal or by
 ``--budget-minutes`` continues where it stopped when the same command runs again (a larger
 budget or more ``--epochs`` extends it; ``--budget-minutes`` counts the training time of every
-part), so the paper's 300 epochs can span several sittings.
+part), so the paper's 300 epochs can span several sittings; the result file of an earlier part
+stays as it is until the resumed run writes its own at the end.
 
     python benchmarks/clustering_mnist.py --seed 0        # the whole recipe, one seed
     python benchmarks/clustering_mnist.py --seed 0 --pretrain-only --save-autoencoder ae0.pt
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
 from pathlib import Path
 
@@ -538,6 +540,18 @@ def time_inference(args: argparse.Namespace, data, options: dict, out: Path) -> 
     print(md)
 
 
+def holds_models(record: Path, models: str) -> bool:
+    """Whether the result file ``record`` already holds a row of one of ``models`` (an earlier
+    part of a resumed run): the start alone must not replace it while the ELBO run goes on."""
+    try:
+        results = json.loads(record.read_text())["results"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return isinstance(results, dict) and any(
+        isinstance(results.get(name), dict) for name in models.split(",")
+    )
+
+
 def main() -> None:
     args = parse_args()
     if args.assemble:
@@ -559,7 +573,8 @@ def main() -> None:
         return
     models, results = pretrain_models(data, args, args.seed, args.models, **options)
     print("pretrained", results, flush=True)
-    report(args, data, results, started, out)
+    if args.pretrain_only or not holds_models(out / f"{args.name}.json", args.models):
+        report(args, data, results, started, out)  # the start, recorded before the ELBO runs
     if args.pretrain_only:
         return
     for name in args.models.split(","):

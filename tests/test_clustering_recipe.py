@@ -166,6 +166,21 @@ def test_a_cut_elbo_run_resumes_to_the_uncut_runs_curve(tmp_path):
     assert other.returncode == 2 and "another protocol" in other.stderr
 
 
+def test_a_resumed_runs_start_does_not_replace_the_earlier_parts_record(tmp_path):
+    """The start is written before the ELBO runs only where no earlier part's record holds one
+    of the models: a resumed run cut by a signal leaves the earlier record, not the start alone."""
+    module = load_script()
+    record = tmp_path / "vade_seed1.json"
+    assert not module.holds_models(record, "vade")  # no file yet
+    record.write_text(json.dumps({"results": {"gmm_init": {"accuracy": 0.9}}}))
+    assert not module.holds_models(record, "vade")  # a start-only record
+    record.write_text(json.dumps({"results": {"vade": {"accuracy": 0.89, "epochs": 56}}}))
+    assert module.holds_models(record, "vade") and module.holds_models(record, "dmvae,vade")
+    assert not module.holds_models(record, "dmvae")
+    record.write_text("{not json")
+    assert not module.holds_models(record, "vade")
+
+
 def test_the_curve_copies_the_validation_scores_of_the_same_split():
     """With ``validated`` the callback reads the epoch's validation scores instead of running
     the encoder over the rows again; without it, it scores the split itself."""
