@@ -4,7 +4,8 @@ The model: a 2-expert linear MoE (``bayes-moe``: logistic gate, Normal priors on
 HalfNormal noise scales, the gate enumerated), on ``--n`` points drawn from a 2-expert model
 (x ~ U(-2, 2), P(c = 1|x) = sigmoid(3 x), y = -1.5 + x or 1.5 - 0.5 x, noise sd 0.25), and as many
 held-out points from the same model. Per NUTS variant (one chain, ``--warmup`` + ``--samples``,
-the same start): wall seconds (compilation and the start search included), the smallest bulk ESS
+the same start): wall seconds (compilation and the start search included: ``--init-restarts``
+random starts of ``--init-steps`` Adam steps, the library's defaults), the smallest bulk ESS
 over the posterior's scalars, and ESS per second. The variants:
 
 * ``pyro-traced``: Pyro's potential of the enumerated program (traced at every step);
@@ -39,7 +40,8 @@ without them the results say so in one line and have no NumPyro rows. Run with o
 (the script asks torch for one thread and sets that ``XLA_FLAGS`` when it is unset).
 
     python benchmarks/bayes_moe.py                          # the full protocol
-    python benchmarks/bayes_moe.py --n 40 --warmup 10 --samples 10 --svi-steps 20  # smoke run
+    python benchmarks/bayes_moe.py --n 40 --warmup 10 --samples 10 --svi-steps 20 \
+        --init-restarts 1 --init-steps 30                    # smoke run
 """
 
 from __future__ import annotations
@@ -225,6 +227,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--svi-steps", type=int, default=3000)
+    defaults = bayes.NutsConfig()
+    parser.add_argument(
+        "--init-restarts", type=int, default=defaults.init_restarts, help="mode search starts"
+    )
+    parser.add_argument(
+        "--init-steps", type=int, default=defaults.init_steps, help="Adam steps per start"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--numpyro", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", default=None)
@@ -242,7 +251,13 @@ def main(argv: list[str] | None = None) -> None:
     x, y = two_expert_data(args.n, args.seed)
     x_test, y_test = two_expert_data(args.n, args.seed + 1)
     config = bayes.NutsConfig(
-        chains=1, warmup=args.warmup, samples=args.samples, seed=args.seed, progress=False
+        chains=1,
+        warmup=args.warmup,
+        samples=args.samples,
+        seed=args.seed,
+        init_restarts=args.init_restarts,
+        init_steps=args.init_steps,
+        progress=False,
     )
     fits = {name: nuts_row(name, x, y, config) for name in names}
     rows = [row for row, _ in fits.values()]
@@ -266,6 +281,9 @@ def main(argv: list[str] | None = None) -> None:
         [
             f"# NUTS on a 2-expert Bayesian MoE ({args.n} points, one chain, {args.warmup} "
             f"warm-up + {args.samples} draws, one thread)",
+            "",
+            f"Mode search before the chains: {args.init_restarts} random start(s), "
+            f"{args.init_steps} Adam steps each.",
             "",
             f"Load average before / after: {load[0]:.2f} / {os.getloadavg()[0]:.2f}. Threads: "
             f"torch {torch.get_num_threads()}, {threads}.",

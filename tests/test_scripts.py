@@ -41,7 +41,7 @@ BENCHMARK_SMOKE_ARGS = {
     "bishop_objectives.py": ["--epochs", "1"],
     "bayes_moe.py": [
         *("--n", "40", "--warmup", "10", "--samples", "10", "--svi-steps", "20"),
-        *("--variants", "collapsed-jit,pyro-traced"),
+        *("--variants", "collapsed-jit,pyro-traced", "--init-restarts", "1", "--init-steps", "30"),
     ],
     "estimators_small.py": [
         *("--estimates", "20", "--loop-estimates", "4", "--fit-steps", "1"),
