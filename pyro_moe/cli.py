@@ -270,6 +270,15 @@ def _add_bayes_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-tree-depth", type=int, default=10, help="NUTS's tree depth cap (default 10)"
     )
+    p.add_argument(
+        "--init-restarts", type=int, default=4, help="random starts of the mode search (4)"
+    )
+    p.add_argument(
+        "--init-steps",
+        type=int,
+        default=300,
+        help="Adam steps per start; 0: the chains start at random points (300)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="model option")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE")
@@ -286,6 +295,8 @@ def cmd_bayes(args: argparse.Namespace) -> int:
         samples=args.samples,
         seed=args.seed,
         max_tree_depth=args.max_tree_depth,
+        init_restarts=args.init_restarts,
+        init_steps=args.init_steps,
         progress=False if args.quiet else None,
     )
     table, _ = compare_experts(

@@ -226,6 +226,7 @@ def test_bayes_command_writes_tables_figures_and_netcdf(tmp_path, capsys):
     out = tmp_path / "bayes"
     argv = ["bayes", "--data", "sign-flip", "--data-option", "n=60", "--experts", "1,2"]
     argv += ["--chains", "2", "--warmup", "15", "--samples", "15", "--max-tree-depth", "5"]
+    argv += ["--init-restarts", "2", "--init-steps", "60"]
     argv += ["--quiet", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -246,9 +247,10 @@ def test_bayes_command_writes_tables_figures_and_netcdf(tmp_path, capsys):
         ({"--experts": "0,2"}, "K"),
         ({"--experts": "two"}, "--experts"),
         ({"--chains": "0"}, "chains"),
+        ({"--init-steps": "-1"}, "init_steps"),
         ({"--data": "nope"}, "nope"),
     ],
-    ids=["zero-experts", "not-a-number", "no-chains", "unknown-data"],
+    ids=["zero-experts", "not-a-number", "no-chains", "negative-init-steps", "unknown-data"],
 )
 def test_bayes_command_bad_input_is_one_line(tmp_path, capsys, bad, message):
     options = {"--data": "sign-flip", "--experts": "1,2", "--out": str(tmp_path / "o"), **bad}
