@@ -207,7 +207,7 @@ def test_svi_fit_through_the_trainer_converts_and_compares(fits, data, tmp_path)
         x_train=x, y_train=y, x_valid=x[:20], y_valid=y[:20], x_test=x[:20], y_test=y[:20]
     )
     spec = RunSpec(model="bayes-moe", estimator="enum", model_options={"num_components": 2})
-    config = TrainConfig(epochs=150, lr=0.05, patience=None, progress=False, batch_size=10)
+    config = TrainConfig(epochs=150, lr=0.05, patience=None, progress=False, batch_size=20)
     result = run_experiment(spec, config, tmp_path / "svi", data=dataset, figures=False)
     assert type(result.guide).__name__ == "AutoNormalGuide"
     svi = bayes.svi_posterior(result.guide, num_draws=120)
