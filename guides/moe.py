@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from pyro_moe.models.moe import MixtureOfExperts
 
-from pyro_moe.base import PyroGuide, data_plate
+from pyro_moe.base import PyroGuide, data_plate, register_module
 from pyro_moe.errors import ConfigError
 from pyro_moe.nn import mlp
 from pyro_moe.registry import GUIDES
@@ -69,7 +69,7 @@ class PosteriorGuide(PyroGuide):
         return self.net(torch.cat([x, features], -1))
 
     def forward(self, x, y=None, num_data=None):
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         logits = self.logits(x, y)
         with data_plate(x, num_data):
             return pyro.sample("cluster", dist.Categorical(logits=logits))

@@ -30,7 +30,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import Trace_ELBO
 
-from pyro_moe.base import PyroModel, check_num_components, data_plate
+from pyro_moe.base import PyroModel, check_num_components, data_plate, register_module
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.relaxed import gumbel_like
 from pyro_moe.gate import select
@@ -146,7 +146,7 @@ class CategoricalVAE(PyroModel):
         return kl - log_lik
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         prior = torch.zeros(self.num_components, dtype=x.dtype, device=x.device)
         with data_plate(x, num_data):
             with pyro.plate("latents", self.num_latents, dim=-2):

@@ -77,7 +77,7 @@ import torch
 import torch.nn.functional as F
 from pyro_moe.models.vae import parse_sizes
 
-from pyro_moe.base import PyroModel, data_plate
+from pyro_moe.base import PyroModel, data_plate, register_module
 from pyro_moe.distributions import Kumaraswamy, kl_kumaraswamy_beta
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.base import Estimator
@@ -238,7 +238,7 @@ class LatentGaussianMixture(StickBreakingCode):
         return pyro.sample("latent", dist.Normal(mean, ones).to_event(1))
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         with data_plate(x, num_data):
             z = self.prior_latent(x.shape[0])
             return pyro.sample("obs", self.obs_dist(z), obs=x)
@@ -391,7 +391,7 @@ class StickBreakingVAE(StickBreakingCode):
         return log_ratio + bernoulli_log_likelihood(self.decoder(stick_breaking(v)), x)
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         with data_plate(x, num_data):
             like = x.new_zeros(x.shape[0], self.truncation - 1)
             v = pyro.sample("latent", self.prior(like).to_event(1))

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_moe.base import PyroModel, check_num_components, data_plate
+from pyro_moe.base import PyroModel, check_num_components, data_plate, register_module
 from pyro_moe.errors import ConfigError
 from pyro_moe.gate import select
 from pyro_moe.registry import MODELS
@@ -198,7 +198,7 @@ class GaussianMixture(PyroModel):
 
     # --- the Pyro program ---------------------------------------------------------------------
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         logits = self.pi_logits.expand(x.shape[0], -1)
         if self.covariance == "diag":
             scale = self.min_scale + F.softplus(self.raw_diag)

@@ -84,7 +84,7 @@ import pyro.distributions as dist
 import torch
 from pyro_moe.models.vae import parse_sizes
 
-from pyro_moe.base import PyroGuide, PyroModel, check_num_components, data_plate
+from pyro_moe.base import PyroGuide, PyroModel, check_num_components, data_plate, register_module
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.base import Estimator
 from pyro_moe.gate import select
@@ -248,7 +248,7 @@ class MixtureOfVAEs(PyroModel):
 
     # --- the Pyro program ---------------------------------------------------------------------
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         n = x.shape[0]
         if self.balance > 0:  # outside the plate, before the sites that depend on c
             term = balancing_term(self.expert_probs(x))

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_moe.base import PyroModel, check_num_components, data_plate
+from pyro_moe.base import PyroModel, check_num_components, data_plate, register_module
 from pyro_moe.gate import select
 from pyro_moe.nn import BatchedLinear, BatchedMLP, mlp
 from pyro_moe.registry import MODELS
@@ -161,7 +161,7 @@ class MixtureOfExperts(PyroModel):
 
     # --- the Pyro program ---------------------------------------------------------------------
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         gate_logits = self.gate_logits(x)  # [N, K]
         out = self.experts(x)  # [N, K, M]
         with data_plate(x, num_data):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_moe.base import PyroModel, data_plate
+from pyro_moe.base import PyroModel, data_plate, register_module
 from pyro_moe.errors import ConfigError
 from pyro_moe.nn import mlp
 from pyro_moe.registry import MODELS
@@ -128,7 +128,7 @@ class VAE(PyroModel):
         return pyro.sample("latent", dist.Normal(zeros, 1.0).to_event(1))
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         with data_plate(x, num_data):
             z = self.prior_latent(x.shape[0])
             return pyro.sample("obs", self.obs_dist(z), obs=x)

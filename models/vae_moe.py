@@ -95,7 +95,7 @@ from pyro_moe.models.moe import (
 from pyro_moe.models.vade import MixturePrior
 from torch import nn
 
-from pyro_moe.base import PyroModel, check_num_components, data_plate
+from pyro_moe.base import PyroModel, check_num_components, data_plate, register_module
 from pyro_moe.errors import ConfigError
 from pyro_moe.gate import select
 from pyro_moe.nn import mlp
@@ -224,7 +224,7 @@ class VaeGatedMoE(MixturePrior, PyroModel):
 
     # --- the Pyro program ---------------------------------------------------------------------
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
-        pyro.module(self.pyro_name, self)
+        register_module(self.pyro_name, self)
         prior_logits = self.log_weights().expand(x.shape[0], self.num_components)
         with data_plate(x, num_data):
             with self.input_scale():

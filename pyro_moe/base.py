@@ -19,7 +19,12 @@ from typing import Any, ClassVar
 
 import pyro
 import torch
+from pyro.params.param_store import param_with_module_name
+from pyro.poutine.indep_messenger import IndepMessenger
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import _PYRO_STACK
 from torch import nn
+from torch.distributions.constraints import real
 
 from pyro_moe.errors import ConfigError
 from pyro_moe.validation import check_int
@@ -37,6 +42,59 @@ def data_plate(x: torch.Tensor, num_data: int | None = None) -> pyro.plate:
     if num_data < n:
         raise ConfigError(f"num_data={num_data} is smaller than the batch of {n} rows")
     return pyro.plate("data", num_data, subsample=torch.arange(n, device=x.device), dim=-1)
+
+
+def register_module(name: str, module: nn.Module) -> nn.Module:
+    """``pyro.module(name, module)``, skipped where it would change nothing.
+
+    ``pyro.module`` walks the module's parameters and sends one ``pyro.param`` message per
+    trainable parameter through Pyro's handler stack (13 messages per step for the small MoE's
+    gate, experts and posterior network). The messages matter to a handler that reads or
+    rewrites parameter sites (``poutine.trace``, which ``SVI`` uses to find the parameters;
+    ``lift``, ``replay``, ``substitute``, ``block``, the vectorised pass's
+    :class:`~pyro_moe.vectorised.PassParams`) and to the param store while it does not yet hold
+    a parameter. They are skipped when neither is the case: every handler on the stack is
+    parameter-transparent (:func:`params_unseen_by_handlers`) and the store holds each trainable
+    parameter of ``module`` under its ``pyro.module`` name as the very same, unconstrained
+    tensor, which is what the store's lookup would return. Otherwise ``pyro.module`` runs as
+    written.
+    """
+    if params_unseen_by_handlers() and _store_holds(name, module):
+        return module
+    return pyro.module(name, module)
+
+
+def params_unseen_by_handlers() -> bool:
+    """Whether no handler on Pyro's stack acts on ``pyro.param`` messages: each is a plate
+    (``IndepMessenger``), declares ``param_transparent = True`` (the estimators' trace
+    recorder), or is a :class:`~pyro.poutine.messenger.Messenger` with Pyro's own message
+    dispatch and no ``_pyro_param`` / ``_pyro_post_param`` method (e.g. the relaxed-gate
+    handler)."""
+    return all(_param_transparent(handler) for handler in _PYRO_STACK)
+
+
+def _param_transparent(handler: Messenger) -> bool:
+    if isinstance(handler, IndepMessenger) or getattr(handler, "param_transparent", False):
+        return True
+    kind = type(handler)
+    return (
+        kind._process_message is Messenger._process_message
+        and kind._postprocess_message is Messenger._postprocess_message
+        and not hasattr(kind, "_pyro_param")
+        and not hasattr(kind, "_pyro_post_param")
+    )
+
+
+def _store_holds(name: str, module: nn.Module) -> bool:
+    store = pyro.get_param_store()
+    params, param_constraints = store._params, store._constraints
+    for param_name, value in module.named_parameters():
+        if not value.requires_grad:
+            continue
+        full_name = param_with_module_name(name, param_name)
+        if params.get(full_name) is not value or param_constraints[full_name] is not real:
+            return False
+    return True
 
 
 def check_num_components(k: int) -> int:

@@ -65,6 +65,10 @@ class Record(Messenger):
     """Keep every sample site's message in :attr:`trace` (plate index sites left out); with
     ``replay``, a latent site named like one of ``replay``'s takes its value first."""
 
+    #: its ``_pyro_param`` only returns a parameter the store holds as it is, so a skipped
+    #: ``pyro.module`` changes nothing here (:func:`pyro_moe.base.register_module`)
+    param_transparent = True
+
     def __init__(self, replay: SiteTrace | None = None) -> None:
         super().__init__()
         self.trace = SiteTrace()
