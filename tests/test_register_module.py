@@ -93,4 +93,4 @@ def test_an_estimators_loss_and_gradient_are_those_of_pyro_module(monkeypatch, c
             assert len(counted) == (2 if skip else 4)
         (loss_a, grads_a), (loss_b, grads_b) = results
         assert torch.equal(loss_a, loss_b)
-        assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+        assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
