@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import torch
 
+from pyro_moe.shapes import broadcast_shapes
+
 _SUPPORT_MARK = "_pyro_moe_enumerated_support"
 
 
@@ -102,7 +104,7 @@ def _weighted(values: torch.Tensor, w: torch.Tensor, event_dim: int, k: int) -> 
 def _indexed(values: torch.Tensor, c: torch.Tensor, event_dim: int, axis: int) -> torch.Tensor:
     if c.shape[c.dim() - axis :] == values.shape[:axis]:  # extra dims only on c's left
         return _drawn(values, c, axis)
-    batch_shape = torch.broadcast_shapes(c.shape, values.shape[:axis])
+    batch_shape = broadcast_shapes(c.shape, values.shape[:axis])
     event_shape = values.shape[axis + 1 :]
     index = c.expand(batch_shape).reshape(batch_shape + (1,) + (1,) * event_dim)
     index = index.expand(batch_shape + (1,) + event_shape)  # batch + [1] + event

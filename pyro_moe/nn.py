@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pyro_moe.errors import ConfigError
+from pyro_moe.shapes import broadcast_shapes
 
 ACTIVATIONS = {
     "tanh": nn.Tanh,
@@ -65,7 +66,7 @@ class BatchedLinear(nn.Module):
         The dims where ``e`` has size 1 (e.g. the data plate of an enumerated ``[K, 1]``) are
         gathered into the rows of one matrix product per entry of ``e``, so the weights are
         read ``e.numel()`` times and never copied per row."""
-        shape = torch.broadcast_shapes(x.shape[:-1], e.shape)
+        shape = broadcast_shapes(x.shape[:-1], e.shape)
         e = e.reshape((1,) * (len(shape) - e.dim()) + e.shape)
         rows = [i for i in range(len(shape)) if e.shape[i] == 1 and shape[i] != 1]
         own = [i for i in range(len(shape)) if i not in rows]

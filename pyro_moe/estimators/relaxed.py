@@ -43,6 +43,7 @@ from torch.distributions import Categorical, constraints
 from pyro_moe.errors import ConfigError
 from pyro_moe.estimators.sampled import CLUSTER, Costs, SampledEstimator
 from pyro_moe.estimators.temperature import Temperature
+from pyro_moe.shapes import broadcast_shapes
 from pyro_moe.validation import check_int
 
 MODES = ("soft", "hard", "rao")
@@ -151,7 +152,7 @@ class RelaxedGate(dist.TorchDistribution):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if not self.density:
-            return value.new_zeros(torch.broadcast_shapes(value.shape[:-1], self.batch_shape))
+            return value.new_zeros(broadcast_shapes(value.shape[:-1], self.batch_shape))
         log_value = getattr(value, "log_value", None)
         if log_value is None:  # a value from elsewhere: only safe away from the simplex corners
             log_value = value.clamp_min(torch.finfo(value.dtype).tiny).log()
@@ -177,7 +178,7 @@ class CategoricalKL(dist.TorchDistribution):
                 log_probabilities, (prior_logits, posterior_logits)
             )
         self.prior_logits, self.posterior_logits = prior_logits, posterior_logits
-        shape = torch.broadcast_shapes(prior_logits.shape, posterior_logits.shape)
+        shape = broadcast_shapes(prior_logits.shape, posterior_logits.shape)
         super().__init__(shape[:-1], shape[-1:], validate_args=False)
 
     def expand(self, batch_shape, _instance=None) -> CategoricalKL:
@@ -192,7 +193,7 @@ class CategoricalKL(dist.TorchDistribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         q = self.posterior_logits
         kl = (q.exp() * (q - self.prior_logits)).sum(-1)
-        shape = torch.broadcast_shapes(value.shape[:-1], self.batch_shape, kl.shape)
+        shape = broadcast_shapes(value.shape[:-1], self.batch_shape, kl.shape)
         return -kl.expand(shape)
 
 
