@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import pyro
 import torch
-from pyro.params.param_store import param_with_module_name
+from pyro.params.param_store import ParamStoreDict, param_with_module_name
 from pyro.poutine.indep_messenger import IndepMessenger
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
@@ -85,14 +85,18 @@ def _param_transparent(handler: Messenger) -> bool:
     )
 
 
+def store_holds_as_is(store: ParamStoreDict, name: str, value: torch.Tensor) -> bool:
+    """Whether the param ``store`` holds ``value`` under ``name`` as the very same, unconstrained
+    tensor: then ``pyro.param(name, value)`` would return ``value`` itself."""
+    return store._params.get(name) is value and store._constraints[name] is real
+
+
 def _store_holds(name: str, module: nn.Module) -> bool:
     store = pyro.get_param_store()
-    params, param_constraints = store._params, store._constraints
     for param_name, value in module.named_parameters():
-        if not value.requires_grad:
-            continue
-        full_name = param_with_module_name(name, param_name)
-        if params.get(full_name) is not value or param_constraints[full_name] is not real:
+        if value.requires_grad and not store_holds_as_is(
+            store, param_with_module_name(name, param_name), value
+        ):
             return False
     return True
 

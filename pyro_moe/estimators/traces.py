@@ -33,7 +33,8 @@ import pyro
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
-from torch.distributions import constraints
+
+from pyro_moe.base import store_holds_as_is
 
 ESTIMATES = "estimates_vectorized"
 PARTICLES = "num_particles_vectorized"
@@ -87,8 +88,8 @@ class Record(Messenger):
     def _pyro_param(self, msg: dict[str, Any]) -> None:
         if len(msg["args"]) < 2:
             return
-        store, name, value = pyro.get_param_store(), msg["name"], msg["args"][1]
-        if store._params.get(name) is value and store._constraints[name] is constraints.real:
+        value = msg["args"][1]
+        if store_holds_as_is(pyro.get_param_store(), msg["name"], value):
             msg["value"], msg["done"] = value, True
 
     def _pyro_post_sample(self, msg: dict[str, Any]) -> None:
